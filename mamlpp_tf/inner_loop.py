@@ -1,0 +1,196 @@
+"""The inner loop: a few SGD steps on one task's support set.
+
+Pure functions over dicts of tensors ("layer/weight" -> tensor). The number
+of steps is a static Python int, so the loop unrolls at trace time and every
+per-step slot (BN slot, LSLR rate, MSL weight) is a static index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+# forward(x, step, params, training) -> (logits, BN moments per stage).
+Forward = Callable[..., tuple]
+# rate(param_name, step) -> scalar tensor (LSLR) or Python float (fixed).
+Rate = Callable[[str, int], object]
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy: scalar. logits [n, ways], labels int [n]."""
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=logits
+        )
+    )
+
+
+def accuracy(logits, labels):
+    """Fraction of argmax hits: scalar in the logits' dtype."""
+    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype),
+                    labels)
+    return tf.reduce_mean(tf.cast(hits, logits.dtype))
+
+
+def inner_update(params: dict, grads: dict, rate: Rate, step: int) -> dict:
+    """theta' = theta - alpha[name][step] * grad for each tensor in `grads`.
+
+    Tensors absent from `grads` (not adapted) pass through unchanged.
+    Returns a new dict.
+    """
+    updated = dict(params)
+    for name, grad in grads.items():
+        updated[name] = params[name] - rate(name, step) * grad
+    return updated
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLoopResult:
+    """What one task's inner loop produced.
+
+    Attributes:
+      loss: the task's query loss, weighted over steps (scalar).
+      step_losses: [num_steps] query loss after each step (0 where skipped).
+      step_accuracies: [num_steps] query accuracy after each step.
+      logits: [num_queries_total, ways] query logits after the last step.
+      support_moments: per step, the BN (mean, variance) of each stage from
+        the support pass, or None where running statistics were used.
+      fast_weights: the adapted parameters after the last step.
+    """
+
+    loss: tf.Tensor
+    step_losses: tf.Tensor
+    step_accuracies: tf.Tensor
+    logits: tf.Tensor
+    support_moments: list
+    fast_weights: dict
+
+
+def run_inner_loop(
+    forward: Forward,
+    rate: Rate,
+    params: dict,
+    task: dict,
+    *,
+    num_steps: int,
+    adapted_names: list[str],
+    second_order: bool,
+    training: bool,
+    loss_weights=None,
+    outer_tape: tf.GradientTape | None = None,
+) -> InnerLoopResult:
+    """Adapts `params` to one task and measures the query set after each step.
+
+    Antoniou et al. (2019), Sec. 4: step k runs the support set through BN
+    slot k, updates the adapted tensors with the LSLR rate of step k, then
+    (for MSL) runs the query set through slot k with the updated weights.
+
+    Args:
+      forward: the network, see `Forward`.
+      rate: the inner learning rate, see `Rate`.
+      params: every network tensor ("layer/weight" -> tensor).
+      task: "support_x" [n_s, H, W, C], "support_y" int32 [n_s],
+        "query_x" [n_q, H, W, C], "query_y" int32 [n_q].
+      num_steps: static number of inner steps.
+      adapted_names: the tensors the inner loop updates.
+      second_order: keep the inner gradients differentiable; False stops
+        them (first-order MAML).
+      training: meta-training pass (batch statistics in every BN mode).
+      loss_weights: None to use the final step's query loss alone, or a
+        float tensor [num_steps] of MSL weights; a step whose weight is 0
+        skips its query loss (its accuracy is still measured).
+      outer_tape: the tape computing the meta-gradient, if any. In first
+        order the support passes need not be recorded on it.
+    """
+    fast = dict(params)
+    step_losses, step_accuracies, support_moments = [], [], []
+    zero = tf.zeros([], params[adapted_names[0]].dtype)
+    logits = None
+    for step in range(num_steps):
+        grads, moments = _support_gradients(
+            forward, fast, task, step, adapted_names, training,
+            record=second_order or outer_tape is None, outer_tape=outer_tape,
+        )
+        if not second_order:
+            grads = {n: tf.stop_gradient(g) for n, g in grads.items()}
+        fast = inner_update(fast, grads, rate, step)
+        support_moments.append(moments)
+        last = step == num_steps - 1
+        if last:
+            logits, _ = forward(task["query_x"], step, fast, training)
+            loss = cross_entropy(logits, task["query_y"])
+            acc = accuracy(logits, task["query_y"])
+        elif loss_weights is None:
+            loss, acc = zero, _query_accuracy(forward, fast, task, step,
+                                               training, outer_tape)
+        else:
+            loss, acc = _weighted_query(forward, fast, task, step, training,
+                                        loss_weights[step])
+        step_losses.append(loss)
+        step_accuracies.append(acc)
+    step_losses = tf.stack(step_losses)
+    if loss_weights is None:
+        total = step_losses[-1]
+    else:
+        total = tf.reduce_sum(tf.cast(loss_weights, zero.dtype) * step_losses)
+    return InnerLoopResult(
+        loss=total,
+        step_losses=step_losses,
+        step_accuracies=tf.stack(step_accuracies),
+        logits=logits,
+        support_moments=support_moments,
+        fast_weights={n: fast[n] for n in adapted_names},
+    )
+
+
+def _support_gradients(forward, fast, task, step, adapted_names, training,
+                       *, record, outer_tape):
+    """Support loss gradients w.r.t. the adapted tensors at `step`."""
+
+    def compute():
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch([fast[n] for n in adapted_names])
+            logits, moments = forward(task["support_x"], step, fast, training)
+            loss = cross_entropy(logits, task["support_y"])
+        grads = tape.gradient(loss, [fast[n] for n in adapted_names])
+        return dict(zip(adapted_names, grads, strict=True)), moments
+
+    if record:
+        return compute()
+    # First order: nothing of the support pass reaches the meta-gradient,
+    # so keep it off the outer tape (less memory, no wasted backward).
+    with outer_tape.stop_recording():
+        return compute()
+
+
+def _query_accuracy(forward, fast, task, step, training, outer_tape):
+    """Query accuracy at `step` without putting anything on the outer tape."""
+    if outer_tape is None:
+        logits, _ = forward(task["query_x"], step, fast, training)
+        return accuracy(logits, task["query_y"])
+    with outer_tape.stop_recording():
+        logits, _ = forward(task["query_x"], step, fast, training)
+        return accuracy(logits, task["query_y"])
+
+
+def _weighted_query(forward, fast, task, step, training, weight):
+    """(loss, accuracy) of the query set at a non-final MSL step.
+
+    A zero weight (MSL annealed out) skips the differentiable pass at run
+    time, in the same graph: changing the weights never retraces.
+    """
+
+    def with_loss():
+        logits, _ = forward(task["query_x"], step, fast, training)
+        return (cross_entropy(logits, task["query_y"]),
+                accuracy(logits, task["query_y"]))
+
+    def accuracy_only():
+        frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
+        logits, _ = forward(task["query_x"], step, frozen, training)
+        zero = tf.zeros([], logits.dtype)
+        return zero, accuracy(logits, task["query_y"])
+
+    return tf.cond(weight > 0, with_loss, accuracy_only)

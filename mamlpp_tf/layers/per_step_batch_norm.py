@@ -1,0 +1,176 @@
+"""Batch norm with one slot of weights and statistics per inner step.
+
+MAML++ BNWB (per-step gamma/beta) and BNRS (per-step running statistics),
+Antoniou et al. (2019), Sec. 4. A layer built with one slot of each is the
+plain batch norm of MAML.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def batch_moments(inputs):
+    """Mean and biased variance over all axes but the last.
+
+    Written out rather than `tf.nn.moments`, which stops the gradient of the
+    mean inside the variance: harmless for first-order gradients, wrong for
+    the second-order meta-gradients that flow through the inner loop.
+    """
+    axes = list(range(inputs.shape.rank - 1))
+    mean = tf.reduce_mean(inputs, axis=axes)
+    variance = tf.reduce_mean(tf.square(inputs - mean), axis=axes)
+    return mean, variance
+
+
+class PerStepBatchNorm(keras.layers.Layer):
+    """Batch norm whose gamma, beta and running statistics are per step.
+
+    Step k uses slot min(k, num_slots - 1): evaluating with more inner steps
+    than were trained reuses the last trained slot.
+
+    Args:
+      num_weight_slots: rows of gamma/beta (num_inner_steps with BNWB, else 1).
+      num_statistics_slots: rows of the running statistics (with BNRS:
+        num_inner_steps, else 1).
+      use_running_statistics: False normalises with the current batch's
+        statistics in training and evaluation ("transductive", what the
+        authors' code does); True normalises with the running statistics
+        when `training` is False ("per_step_running").
+      momentum: running = (1 - momentum) * running + momentum * batch
+        (PyTorch's convention; the authors use 0.1).
+      epsilon: added to the variance.
+
+    Call args:
+      inputs: [batch, ..., channels].
+      step: Python int, the inner step (selects the slot).
+      params: None, or a dict with "gamma"/"beta" [num_weight_slots, C].
+      training: whether this is a meta-training forward pass.
+    """
+
+    def __init__(self, num_weight_slots: int = 1,
+                 num_statistics_slots: int = 1,
+                 use_running_statistics: bool = False,
+                 momentum: float = 0.1, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_weight_slots", num_weight_slots),
+                            ("num_statistics_slots", num_statistics_slots)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+        self.num_weight_slots = num_weight_slots
+        self.num_statistics_slots = num_statistics_slots
+        self.use_running_statistics = use_running_statistics
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        weights_shape = (self.num_weight_slots, channels)
+        stats_shape = (self.num_statistics_slots, channels)
+        self.gamma = self.add_weight(
+            name="gamma", shape=weights_shape, initializer="ones"
+        )
+        self.beta = self.add_weight(
+            name="beta", shape=weights_shape, initializer="zeros"
+        )
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=stats_shape, initializer="zeros",
+            trainable=False,
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=stats_shape, initializer="ones",
+            trainable=False,
+        )
+
+    @staticmethod
+    def _slot(step: int, num_slots: int) -> int:
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(
+                f"step must be a Python int >= 0 (it selects a per-step slot "
+                f"at trace time), got {step!r}."
+            )
+        return min(step, num_slots - 1)
+
+    def normalize(self, inputs, *, step: int, params=None,
+                  training: bool = False):
+        """Normalises `inputs`; returns (outputs, batch moments or None).
+
+        The batch moments (mean, biased variance), each [C], come back when
+        they were used, so the caller can update the running statistics.
+        """
+        if not self.built:  # Called directly rather than through __call__.
+            self.build(inputs.shape)
+        if params is None:
+            params = {"gamma": self.gamma, "beta": self.beta}
+        w = self._slot(step, self.num_weight_slots)
+        gamma, beta = params["gamma"][w], params["beta"][w]
+        if self.use_running_statistics and not training:
+            s = self._slot(step, self.num_statistics_slots)
+            mean = tf.cast(self.moving_mean[s], inputs.dtype)
+            variance = tf.cast(self.moving_variance[s], inputs.dtype)
+            moments = None
+        else:
+            mean, variance = batch_moments(inputs)
+            moments = (mean, variance)
+        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+        return inputs * scale + (beta - mean * scale), moments
+
+    def call(self, inputs, *, step: int, params=None, training=False):
+        return self.normalize(
+            inputs, step=step, params=params, training=training
+        )[0]
+
+    def update_statistics(self, step: int, mean, variance, count: int):
+        """Moves slot `step`'s running statistics towards batch moments.
+
+        Args:
+          step: the inner step whose slot moves (no other slot changes).
+          mean, variance: [C] batch mean and biased variance.
+          count: elements per channel behind the moments, for PyTorch's
+            unbiased running variance (variance * n / (n - 1)).
+        """
+        s = self._slot(step, self.num_statistics_slots)
+        if count < 2:
+            raise ValueError(
+                f"count must be >= 2 for an unbiased variance, got {count}."
+            )
+        unbiased = variance * (count / (count - 1.0))
+        mask = tf.one_hot(s, self.num_statistics_slots,
+                          dtype=self.moving_mean.dtype)[:, None]
+        rate = self.momentum * mask  # [slots, 1]: only slot s moves.
+        dtype = self.moving_mean.dtype
+        self.moving_mean.assign(
+            self.moving_mean + rate * (tf.cast(mean, dtype) - self.moving_mean)
+        )
+        self.moving_variance.assign(
+            self.moving_variance
+            + rate * (tf.cast(unbiased, dtype) - self.moving_variance)
+        )
+
+    def snapshot_statistics(self):
+        """A real copy of the running statistics (not an alias)."""
+        return {
+            "moving_mean": tf.identity(tf.convert_to_tensor(self.moving_mean)),
+            "moving_variance": tf.identity(
+                tf.convert_to_tensor(self.moving_variance)
+            ),
+        }
+
+    def restore_statistics(self, snapshot):
+        """Puts back the statistics from `snapshot_statistics`."""
+        self.moving_mean.assign(snapshot["moving_mean"])
+        self.moving_variance.assign(snapshot["moving_variance"])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_weight_slots": self.num_weight_slots,
+            "num_statistics_slots": self.num_statistics_slots,
+            "use_running_statistics": self.use_running_statistics,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+        }

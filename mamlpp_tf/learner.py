@@ -1,0 +1,426 @@
+"""MetaLearner: the model, LSLR rates, meta-optimizer and compiled steps.
+
+It composes the pieces (backbone, inner loop, meta-step, schedules) and owns
+one `tf.function` per (phase, derivative order), created once. Data,
+checkpoints and the training loop live elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mamlpp_tf import config as config_lib
+from mamlpp_tf import inner_loop
+from mamlpp_tf import meta_step
+from mamlpp_tf import model as model_lib
+from mamlpp_tf import schedules
+from mamlpp_tf.layers import InnerLearningRates
+
+log = logging.getLogger(__name__)
+
+# PyTorch's Adam epsilon (the authors' meta-optimizer); Keras defaults to 1e-7.
+ADAM_EPSILON = 1e-8
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive meta-steps had a non-finite loss or gradient."""
+
+
+class MetaLearner:
+    """Meta-trains the few-shot classifier with MAML / MAML++.
+
+    Args:
+      config: the frozen `MetaLearnerConfig`.
+      jit_compile: compile each step (outer tape included) with XLA.
+      parallel_tasks: tasks of a meta-batch in flight at once in the graph.
+      strategy: a `tf.distribute.Strategy` whose scope holds the variables;
+        None for the default strategy.
+    """
+
+    def __init__(self, config: config_lib.MetaLearnerConfig, *,
+                 jit_compile: bool = False, parallel_tasks: int = 1,
+                 strategy: tf.distribute.Strategy | None = None):
+        self.config = config
+        self.jit_compile = jit_compile
+        self.parallel_tasks = parallel_tasks
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            self.model = model_lib.build_classifier(config)
+            self.adapted_names = self.model.adapted_param_names(
+                config.adapt_bn_in_inner_loop
+            )
+            self.inner_rates = None
+            if config.learn_inner_lr:
+                self.inner_rates = InnerLearningRates(
+                    self.adapted_names, config.num_inner_steps,
+                    config.inner_lr_init, dtype=config.dtype,
+                    name="inner_learning_rates",
+                )
+            self.optimizer = keras.optimizers.Adam(
+                learning_rate=schedules.meta_lr(config, 0),
+                beta_1=config.adam_beta1, beta_2=config.adam_beta2,
+                epsilon=ADAM_EPSILON,
+            )
+            self.optimizer.build(self.trainable_variables)
+        self._functions = {}
+        self._consecutive_nonfinite = 0
+        self.num_skipped_steps = 0
+        self._warned_extra_steps = False
+
+    # -- Variables -----------------------------------------------------
+
+    @property
+    def network_names(self) -> list[str]:
+        return self.model.param_names()
+
+    @property
+    def rate_names(self) -> list[str]:
+        return list(self.adapted_names) if self.inner_rates else []
+
+    @property
+    def trainable_variables(self) -> list:
+        """Network weights (incl. per-step BN gamma/beta), then LSLR rates."""
+        named = self.model.named_variables()
+        variables = [named[n] for n in self.network_names]
+        if self.inner_rates is not None:
+            variables += [self.inner_rates.rates[n] for n in self.rate_names]
+        return variables
+
+    @property
+    def trainable_variable_names(self) -> list[str]:
+        return ([f"network/{n}" for n in self.network_names]
+                + [f"inner_lr/{n}" for n in self.rate_names])
+
+    @property
+    def norm_layers(self):
+        return list(self.model.norms)
+
+    def _read(self):
+        """The meta-parameters and rates as tensors (read once per step)."""
+        named = self.model.named_variables()
+        params = {n: tf.convert_to_tensor(named[n]) for n in self.network_names}
+        rates = {}
+        if self.inner_rates is not None:
+            rates = {n: tf.convert_to_tensor(self.inner_rates.rates[n])
+                     for n in self.rate_names}
+        return params, rates
+
+    def _rate_fn(self, rates):
+        if self.inner_rates is None:
+            fixed = self.config.inner_lr_init
+            return lambda name, step: fixed
+        return lambda name, step: self.inner_rates.rate(name, step, rates)
+
+    def _forward(self, x, step, params, training):
+        return self.model.forward(tf.cast(x, self.config.dtype), step=step,
+                                  params=params, training=training)
+
+    # -- Meta-gradients and training -------------------------------------
+
+    def _loss_weights(self, epoch: int):
+        weights = None
+        if self.config.multi_step_loss:
+            weights = schedules.step_loss_weights(
+                self.config, epoch, self.config.num_inner_steps
+            )
+        return None if weights is None else tf.constant(weights,
+                                                        self.config.dtype)
+
+    def _meta_gradients(self, batch, loss_weights, *, second_order: bool,
+                        global_batch_size: int):
+        """Loss averaged over the global meta-batch, and its gradients."""
+        params, rates = self._read()
+        sums = meta_step.batch_meta_gradients(
+            self._forward, self._rate_fn, params, rates,
+            {k: tf.cast(v, self.config.dtype) if k.endswith("_x") else v
+             for k, v in batch.items()},
+            num_steps=self.config.num_inner_steps,
+            adapted_names=self.adapted_names, second_order=second_order,
+            loss_weights=loss_weights,
+            moment_channels=[self.config.num_filters] * self.config.num_stages,
+            parallel_iterations=self.parallel_tasks,
+        )
+        scale = 1.0 / global_batch_size
+        grads = [sums["param_grads"][n] * scale for n in self.network_names]
+        grads += [sums["rate_grads"][n] * scale for n in self.rate_names]
+        return sums["loss_sum"] * scale, grads, sums
+
+    def _function(self, key, python_fn):
+        if key not in self._functions:
+            self._functions[key] = tf.function(python_fn,
+                                               jit_compile=self.jit_compile)
+        return self._functions[key]
+
+    def compute_meta_gradients(self, batch, epoch: int):
+        """(meta_loss, gradients aligned with `trainable_variables`).
+
+        Nothing is updated. The loss is the mean over the tasks of each
+        task's query loss, MSL-weighted while MSL is active.
+        """
+        meta_step.check_batch(batch, self.config)
+        second_order = schedules.use_second_order(self.config, epoch)
+        size = int(batch["support_x"].shape[0])
+
+        def fn(batch, loss_weights):
+            loss, grads, _ = self._meta_gradients(
+                batch, loss_weights, second_order=second_order,
+                global_batch_size=size,
+            )
+            return loss, grads
+
+        return self._function(("gradients", second_order, size), fn)(
+            batch, self._loss_weights(epoch)
+        )
+
+    def _batch_info(self, batch):
+        """(local example batch, global number of tasks) of `batch`."""
+        local = batch
+        if isinstance(batch["support_x"], tf.distribute.DistributedValues):
+            local = {k: self.strategy.experimental_local_results(v)[0]
+                     for k, v in batch.items()}
+            size = int(local["support_x"].shape[0])
+            return local, size * self.strategy.num_replicas_in_sync
+        return local, int(batch["support_x"].shape[0])
+
+    def set_epoch(self, epoch: int) -> float:
+        """Sets the meta lr for `epoch` (CA, stepped per epoch); returns it."""
+        lr = schedules.meta_lr(self.config, epoch)
+        self.optimizer.learning_rate.assign(lr)
+        return lr
+
+    def _reduce(self, op, value):
+        return self.strategy.reduce(op, value, axis=None)
+
+    def _build_train_fn(self, second_order: bool, global_size: int):
+        sum_op = tf.distribute.ReduceOp.SUM
+        config = self.config
+
+        def replica_fn(batch, loss_weights):
+            loss, grads, sums = self._meta_gradients(
+                batch, loss_weights, second_order=second_order,
+                global_batch_size=global_size,
+            )
+            return {
+                "loss": loss,
+                "grads": grads,
+                "accuracy_sum": tf.reduce_sum(sums["accuracy"]),
+                "step_accuracy_sum": tf.reduce_sum(sums["step_accuracies"],
+                                                   axis=0),
+                "step_loss_sum": tf.reduce_sum(sums["step_losses"], axis=0),
+                "moments": sums["moments"],
+            }
+
+        def train_fn(batch, loss_weights):
+            out = self.strategy.run(replica_fn, args=(batch, loss_weights))
+            out = tf.nest.map_structure(lambda v: self._reduce(sum_op, v),
+                                        out)
+            grads = out["grads"]
+            if config.meta_grad_clip is not None:
+                clip = config.meta_grad_clip
+                num_network = len(self.network_names)
+                grads = ([tf.clip_by_value(g, -clip, clip)
+                          for g in grads[:num_network]] + grads[num_network:])
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+                + [tf.math.is_finite(out["loss"])]
+            )
+
+            def apply():
+                self.optimizer.apply(grads, self.trainable_variables)
+                self._update_bn_statistics(out["moments"], global_size)
+                return tf.constant(True)
+
+            applied = tf.cond(finite, apply, lambda: tf.constant(False))
+            scale = 1.0 / global_size
+            return {
+                "loss": out["loss"],
+                "accuracy": out["accuracy_sum"] * scale,
+                "per_step_accuracy": out["step_accuracy_sum"] * scale,
+                "per_step_loss": out["step_loss_sum"] * scale,
+                "applied": applied,
+            }
+
+        return train_fn
+
+    def _update_bn_statistics(self, moment_sums, num_tasks: int):
+        """Moves slot k of every stage's running statistics (support pass of
+        step k, averaged over the tasks of the global meta-batch)."""
+        config = self.config
+        side_h, side_w = config.image_shape[:2]
+        for step, stages in enumerate(moment_sums):
+            h, w = side_h, side_w
+            for norm, (mean_sum, var_sum) in zip(self.norm_layers, stages,
+                                                 strict=True):
+                if config.downsampling == "strided":
+                    h, w = -(-h // 2), -(-w // 2)
+                count = config.num_ways * config.num_shots * h * w
+                norm.update_statistics(step, mean_sum / num_tasks,
+                                       var_sum / num_tasks, count)
+                if config.downsampling == "max_pool":
+                    h, w = h // 2, w // 2
+
+    def train_step(self, batch, epoch: int) -> dict:
+        """One meta-update on `batch` at `epoch`; returns numpy metrics.
+
+        Metrics: loss, accuracy (final step), per_step_accuracy and
+        per_step_loss [num_inner_steps], applied (False when the step was
+        skipped for a non-finite loss or gradient), meta_lr.
+
+        Raises:
+          NonFiniteLossError: after `max_nonfinite_steps` consecutive
+            skipped steps.
+        """
+        local, global_size = self._batch_info(batch)
+        meta_step.check_batch(local, self.config)
+        second_order = schedules.use_second_order(self.config, epoch)
+        lr = self.set_epoch(epoch)
+        fn = self._function(
+            ("train", second_order, global_size),
+            self._build_train_fn(second_order, global_size),
+        )
+        out = fn(batch, self._loss_weights(epoch))
+        metrics = {k: np.asarray(v) for k, v in out.items()}
+        metrics["meta_lr"] = lr
+        if metrics["applied"]:
+            self._consecutive_nonfinite = 0
+        else:
+            self.num_skipped_steps += 1
+            self._consecutive_nonfinite += 1
+            log.warning("Skipped a meta-step with a non-finite loss or "
+                        "gradient (%d in a row).", self._consecutive_nonfinite)
+            if self._consecutive_nonfinite >= self.config.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self._consecutive_nonfinite} consecutive meta-steps had "
+                    "a non-finite loss or gradient; training stopped. Lower "
+                    "--meta_lr or --inner_lr_init, or set meta_grad_clip."
+                )
+        return metrics
+
+    # -- Evaluation and adaptation ---------------------------------------
+
+    def _eval_steps(self, num_inner_steps):
+        steps = num_inner_steps or self.config.num_eval_inner_steps
+        if steps > self.config.num_inner_steps and not self._warned_extra_steps:
+            self._warned_extra_steps = True
+            log.warning(
+                "Evaluating with %d inner steps but %d were trained: steps "
+                "past the last trained one reuse its BN slot and LSLR rate.",
+                steps, self.config.num_inner_steps,
+            )
+        return steps
+
+    def _eval_task(self, params, rates, task, num_steps):
+        return inner_loop.run_inner_loop(
+            self._forward, self._rate_fn(rates), params, task,
+            num_steps=num_steps, adapted_names=self.adapted_names,
+            second_order=False, training=False,
+        )
+
+    def _build_eval_fn(self, num_steps: int):
+        dtype = self.config.dtype
+
+        def replica_fn(batch):
+            params, rates = self._read()
+            tasks = {k: tf.cast(v, dtype) if k.endswith("_x") else v
+                     for k, v in batch.items() if k in meta_step.TASK_KEYS}
+
+            def one_task(task):
+                result = self._eval_task(params, rates, task, num_steps)
+                return (result.logits, result.step_losses[-1],
+                        result.step_accuracies)
+
+            num_queries = self.config.num_ways * self.config.num_queries
+            return tf.map_fn(
+                one_task, tasks,
+                fn_output_signature=(
+                    tf.TensorSpec([num_queries, self.config.num_ways], dtype),
+                    tf.TensorSpec([], dtype),
+                    tf.TensorSpec([num_steps], dtype),
+                ),
+                parallel_iterations=self.parallel_tasks,
+            )
+
+        def eval_fn(batch):
+            out = self.strategy.run(replica_fn, args=(batch,))
+            return tf.nest.map_structure(
+                lambda v: self.strategy.gather(v, axis=0), out
+            )
+
+        return eval_fn
+
+    def eval_step(self, batch, num_inner_steps: int | None = None):
+        """Adapts to each task (first order) and scores its query set.
+
+        Returns (metrics, logits): metrics holds loss and accuracy (means
+        over tasks), task_accuracy [tasks] and per_step_accuracy [steps];
+        logits are the query logits [tasks, ways*queries, ways].
+        """
+        local, _ = self._batch_info(batch)
+        meta_step.check_batch(local, self.config)
+        steps = self._eval_steps(num_inner_steps)
+        fn = self._function(("eval", steps), self._build_eval_fn(steps))
+        logits, losses, step_accuracies = fn(batch)
+        step_accuracies = step_accuracies.numpy()
+        metrics = {
+            "loss": float(np.mean(losses.numpy())),
+            "accuracy": float(np.mean(step_accuracies[:, -1])),
+            "task_accuracy": step_accuracies[:, -1],
+            "per_step_accuracy": step_accuracies.mean(axis=0),
+        }
+        return metrics, logits.numpy()
+
+    def adapt(self, support_x, support_y, num_inner_steps: int | None = None):
+        """The fast weights of one task: dict name -> tensor (adapted only).
+
+        Args:
+          support_x: float [ways*shots, H, W, C]; support_y: int32 [ways*shots].
+        """
+        steps = self._eval_steps(num_inner_steps)
+        params, rates = self._read()
+        fast = dict(params)
+        rate = self._rate_fn(rates)
+        task = {"support_x": tf.cast(support_x, self.config.dtype),
+                "support_y": tf.convert_to_tensor(support_y, tf.int32)}
+        for step in range(steps):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch([fast[n] for n in self.adapted_names])
+                logits, _ = self._forward(task["support_x"], step, fast, False)
+                loss = inner_loop.cross_entropy(logits, task["support_y"])
+            grads = tape.gradient(loss, [fast[n] for n in self.adapted_names])
+            fast = inner_loop.inner_update(
+                fast, dict(zip(self.adapted_names, grads, strict=True)), rate,
+                step,
+            )
+        return {n: fast[n] for n in self.adapted_names}
+
+    def predict(self, query_x, fast_weights=None,
+                num_inner_steps: int | None = None):
+        """Logits [n, ways] of `query_x` under fast weights (or the meta-
+        weights when None), through the BN slot of the last inner step."""
+        params, _ = self._read()
+        step = 0
+        if fast_weights is not None:
+            params.update(fast_weights)
+            step = self._eval_steps(num_inner_steps) - 1
+        logits, _ = self._forward(query_x, step, params, False)
+        return logits
+
+    # -- BN statistics snapshots -------------------------------------------
+
+    def snapshot_bn_statistics(self) -> list:
+        """Real copies of every stage's running statistics."""
+        return [norm.snapshot_statistics() for norm in self.norm_layers]
+
+    def restore_bn_statistics(self, snapshot) -> None:
+        """Restores what `snapshot_bn_statistics` returned."""
+        if len(snapshot) != len(self.norm_layers):
+            raise ValueError(
+                f"The snapshot has {len(snapshot)} stages; the model has "
+                f"{len(self.norm_layers)}."
+            )
+        for norm, stats in zip(self.norm_layers, snapshot, strict=True):
+            norm.restore_statistics(stats)

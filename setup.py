@@ -1,0 +1,36 @@
+"""Installs mamlpp_tf, its console scripts and the test extras."""
+
+import setuptools
+
+setuptools.setup(
+    name="mamlpp_tf",
+    version="0.1.0",
+    description="MAML++ (How to Train Your MAML) in TensorFlow 2 / Keras 3.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # scripts/ holds the absl apps; it is installed as the package
+    # `mamlpp_tf_scripts` so that the console scripts below can import it.
+    packages=setuptools.find_packages(include=["mamlpp_tf", "mamlpp_tf.*"])
+    + ["mamlpp_tf_scripts"],
+    package_dir={"mamlpp_tf_scripts": "scripts"},
+    install_requires=[
+        # Tested: TF 2.21.0 with Keras 3.15.1 (see BUILD.md).
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3,<3.16",
+        "tensorflow-datasets>=4.9,<4.10",
+        "numpy>=1.26,<3",
+        "absl-py>=2.0",
+        "pillow>=10",
+        "psutil>=5.9",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    entry_points={
+        "console_scripts": [
+            "mamlpp-train=mamlpp_tf_scripts.train:run",
+            "mamlpp-evaluate=mamlpp_tf_scripts.evaluate:run",
+            "mamlpp-export=mamlpp_tf_scripts.export:run",
+            "mamlpp-benchmark=mamlpp_tf_scripts.benchmark:run",
+        ]
+    },
+)
