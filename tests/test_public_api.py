@@ -1,0 +1,66 @@
+"""The public API of mamlpp_tf: its export list, and no flags in the library."""
+
+import pathlib
+import re
+
+import mamlpp_tf
+
+PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
+
+EXPECTED_ALL = [
+    "MetaLearner",
+    "MetaLearnerConfig",
+    "NonFiniteLossError",
+    "cosine_lr",
+    "first_order_maml",
+    "maml",
+    "mamlpp",
+    "msl_weights",
+]
+
+# `import absl.flags`, `from absl import flags`, `from absl.flags import ...`,
+# and `from absl import app, flags` all import the flags module.
+ABSL_FLAGS_IMPORT = re.compile(
+    r"^\s*(import\s+absl\.flags\b"
+    r"|from\s+absl\.flags\b"
+    r"|from\s+absl\s+import\s+[^#\n]*\bflags\b)",
+    re.MULTILINE,
+)
+
+
+def test_all_is_the_expected_export_list():
+    assert mamlpp_tf.__all__ == EXPECTED_ALL
+
+
+def test_every_export_exists():
+    missing = [n for n in mamlpp_tf.__all__ if not hasattr(mamlpp_tf, n)]
+    assert missing == []
+
+
+def test_exported_names_are_what_they_claim():
+    assert issubclass(mamlpp_tf.NonFiniteLossError, RuntimeError)
+    config = mamlpp_tf.maml()
+    assert isinstance(config, mamlpp_tf.MetaLearnerConfig)
+    assert isinstance(mamlpp_tf.mamlpp(), mamlpp_tf.MetaLearnerConfig)
+    assert mamlpp_tf.first_order_maml().second_order is False
+
+
+def test_the_flags_pattern_catches_every_import_form():
+    # The grep below is only as good as its pattern: check it bites.
+    for line in ("import absl.flags", "from absl import flags",
+                 "from absl import app, flags", "from absl.flags import FLAGS",
+                 "    from absl import flags  # late import"):
+        assert ABSL_FLAGS_IMPORT.search(line), line
+    for line in ("from absl import logging", "import absl.logging",
+                 "# from absl import flags is forbidden here"):
+        assert not ABSL_FLAGS_IMPORT.search(line), line
+
+
+def test_library_code_never_imports_absl_flags():
+    sources = sorted(PACKAGE_DIR.rglob("*.py"))
+    assert sources, PACKAGE_DIR
+    offenders = [str(p.relative_to(PACKAGE_DIR)) for p in sources
+                 if ABSL_FLAGS_IMPORT.search(p.read_text())]
+    assert offenders == [], (
+        "Only scripts/ may define or read flags; the library takes configs."
+    )
