@@ -1,9 +1,10 @@
 """MetaLearnerConfig: validation, presets, JSON round trip, every field read."""
 
+import ast
 import dataclasses
+import functools
 import json
 import pathlib
-import re
 
 import pytest
 
@@ -131,16 +132,21 @@ def test_from_dict_validates():
         mamlpp_tf.MetaLearnerConfig.from_dict(values)
 
 
-def _reads_outside_config():
-    """Fields read as `.name` in the package, config.py itself excluded.
+@functools.cache
+def _reads_outside_config() -> frozenset:
+    """Fields read as attributes (`x.name`) in the package outside config.py.
 
     By name only: a same-named attribute of another object counts too.
+    Mentions in strings and comments do not.
     """
-    sources = [p for p in sorted(PACKAGE_DIR.rglob("*.py"))
-               if p != PACKAGE_DIR / "config.py"]
-    text = "\n".join(p.read_text() for p in sources)
-    return {name for name in FIELDS
-            if re.search(rf"\.{name}\b", text)}
+    names = set()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path == PACKAGE_DIR / "config.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+    return frozenset(names & set(FIELDS))
 
 
 @pytest.mark.parametrize("name", FIELDS)
