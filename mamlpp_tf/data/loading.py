@@ -1,0 +1,137 @@
+"""`load_splits`: prepare a source with TFDS once, then load it into memory."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import tensorflow_datasets as tfds
+from absl import logging
+
+from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import mini_imagenet
+from mamlpp_tf.data import omniglot
+from mamlpp_tf.data import tfds_builders
+from mamlpp_tf.data.class_images import ClassImages
+
+# Hex digits of a source fingerprint kept in the builder config name.
+FINGERPRINT_LENGTH = 16
+
+
+def _config_name(data_config: config_lib.DataConfig) -> str:
+    """Names the prepared data by everything that changes it.
+
+    Reading the raw folder here also checks its layout, so a bad folder
+    fails before TFDS starts.
+    """
+    dataset = data_config.dataset
+    if dataset == "synthetic":
+        train, val, test = data_config.synthetic_num_classes
+        height, width, channels = data_config.synthetic_image_shape
+        return (
+            f"classes{train}_{val}_{test}_"
+            f"images{data_config.synthetic_images_per_class}_"
+            f"shape{height}_{width}_{channels}_seed{data_config.seed}"
+        )
+    root = None if data_config.data_dir is None else pathlib.Path(data_config.data_dir)
+    if dataset == "omniglot":
+        scheme = f"{data_config.split_scheme}_seed{data_config.seed}"
+        if root is None:  # The archives are sha256-checked: fixed content.
+            return f"{scheme}_official"
+        digest = omniglot.fingerprint(omniglot.find_classes_in_root(root))
+        return f"{scheme}_{digest[:FINGERPRINT_LENGTH]}"
+    layout = mini_imagenet.detect_layout(root)
+    if layout == mini_imagenet.PICKLE:
+        if not data_config.allow_pickle:
+            raise ValueError(
+                f"{str(root)!r} holds mini-ImageNet pickles. Unpickling runs "
+                "code stored in the file: set allow_pickle=True only if you "
+                "trust it, or use the CSV layout ({train,val,test}.csv and "
+                "the images)."
+            )
+        digest = mini_imagenet.fingerprint_pickles(root)
+    else:
+        splits = mini_imagenet.find_csv_classes(root, layout)
+        digest = mini_imagenet.fingerprint_csv(root, splits)
+    return f"{layout}_{digest[:FINGERPRINT_LENGTH]}"
+
+
+_BUILDERS = {
+    "omniglot": tfds_builders.MamlppOmniglot,
+    "mini_imagenet": tfds_builders.MamlppMiniImagenet,
+    "synthetic": tfds_builders.MamlppSynthetic,
+}
+
+
+def make_builder(data_config: config_lib.DataConfig) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `data_config`, keyed by its source fingerprint.
+
+    Raises:
+      FileNotFoundError, ValueError: the raw data is missing or malformed.
+    """
+    builder_config = tfds_builders.ClassSplitsConfig(
+        name=_config_name(data_config),
+        description=f"Prepared from {data_config}",
+        data_config=data_config,
+        image_shape=config_lib.image_shape_for(data_config),
+    )
+    return _BUILDERS[data_config.dataset](
+        config=builder_config, data_dir=data_config.tfds_data_dir
+    )
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> ClassImages:
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    per_class, names, indices = [], [], []
+    for example in tfds.as_numpy(dataset):
+        per_class.append(example["images"])
+        names.append(example["class_name"].decode("utf-8"))
+        indices.append(int(example["class_index"]))
+    if indices != list(range(len(indices))):
+        raise ValueError(
+            f"The prepared {split} split in {builder.data_dir} is out of "
+            "order or incomplete; delete that folder to prepare it again."
+        )
+    return ClassImages.from_classes(per_class, tuple(names))
+
+
+def load_splits(data_config: config_lib.DataConfig) -> dict[str, ClassImages]:
+    """Prepares the source with TFDS if needed, then loads every split.
+
+    The first call decodes the raw images into the TFDS data dir (with a
+    progress bar; safe to interrupt and rerun). Later calls with the same
+    source and settings only read the prepared records.
+
+    Args:
+      data_config: the source and the class split.
+
+    Returns:
+      "train", "val", "test" -> `ClassImages` (uint8, class-grouped).
+
+    Raises:
+      FileNotFoundError: the raw data is missing (or, for Omniglot without
+        data_dir, cannot be downloaded).
+      ValueError: the raw data has an unexpected layout or a corrupt file,
+        each error naming the path.
+    """
+    start = time.perf_counter()
+    builder = make_builder(data_config)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            try_download_gcs=False  # Ours is not on GCS; avoid the network.
+        )
+    )
+    prepared = time.perf_counter()
+    splits = {split: _read_split(builder, split) for split in config_lib.SPLITS}
+    logging.info(
+        "%s: prepared in %.1f s (checks included), loaded in %.1f s from %s: %s",
+        data_config.dataset,
+        prepared - start,
+        time.perf_counter() - prepared,
+        builder.data_dir,
+        {
+            s: f"{c.num_classes} classes, {c.images.shape[0]} images"
+            for s, c in splits.items()
+        },
+    )
+    return splits
