@@ -71,7 +71,7 @@ def make_builder(data_config: config_lib.DataConfig) -> tfds.core.DatasetBuilder
     """
     builder_config = tfds_builders.ClassSplitsConfig(
         name=_config_name(data_config),
-        description=f"Prepared from {data_config}",
+        description=f"{data_config.dataset} prepared by mamlpp_tf.data",
         data_config=data_config,
         image_shape=config_lib.image_shape_for(data_config),
     )

@@ -42,7 +42,9 @@ class ClassSplitsConfig(tfds.core.BuilderConfig):
       image_shape: (H, W, C) of the stored images.
     """
 
-    data_config: config_lib.DataConfig | None = None
+    data_config: config_lib.DataConfig | None = dataclasses.field(
+        default=None, repr=False  # TFDS logs the config; keep it short.
+    )
     image_shape: tuple[int, int, int] = config_lib.OMNIGLOT_IMAGE_SHAPE
 
 
