@@ -39,17 +39,32 @@ class MetaLearner:
       parallel_tasks: tasks of a meta-batch in flight at once in the graph.
       strategy: a `tf.distribute.Strategy` whose scope holds the variables;
         None for the default strategy.
+      mixed_precision: None, or "bfloat16" to run convolutions and matmuls
+        in bfloat16; variables, fast-weight arithmetic, LSLR rates, BN
+        statistics and the loss stay in `config.dtype`.
     """
 
     def __init__(self, config: config_lib.MetaLearnerConfig, *,
                  jit_compile: bool = False, parallel_tasks: int = 1,
-                 strategy: tf.distribute.Strategy | None = None):
+                 strategy: tf.distribute.Strategy | None = None,
+                 mixed_precision: str | None = None):
+        if mixed_precision not in (None, "bfloat16"):
+            raise ValueError(
+                f"mixed_precision must be None or 'bfloat16', got "
+                f"{mixed_precision!r}."
+            )
+        if mixed_precision and config.dtype != "float32":
+            raise ValueError(
+                "mixed_precision='bfloat16' needs dtype='float32', got "
+                f"dtype={config.dtype!r}."
+            )
         self.config = config
+        self.mixed_precision = mixed_precision
         self.jit_compile = jit_compile
         self.parallel_tasks = parallel_tasks
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.model = model_lib.build_classifier(config)
+            self.model = model_lib.build_classifier(config, mixed_precision)
             self.adapted_names = self.model.adapted_param_names(
                 config.adapt_bn_in_inner_loop
             )

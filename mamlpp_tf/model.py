@@ -30,6 +30,8 @@ class FewShotClassifier(keras.Model):
         average pooling before the classifier).
       num_weight_slots, num_statistics_slots, use_running_statistics,
       bn_momentum, bn_epsilon: see `PerStepBatchNorm`.
+      matmul_dtype: None, or "bfloat16" for mixed precision: convolutions
+        and the classifier's matmul in bfloat16, the rest in float32.
 
     Call args:
       inputs: [batch, H, W, C].
@@ -44,7 +46,7 @@ class FewShotClassifier(keras.Model):
                  num_statistics_slots: int = 1,
                  use_running_statistics: bool = False,
                  bn_momentum: float = 0.1, bn_epsilon: float = 1e-5,
-                 **kwargs):
+                 matmul_dtype: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_ways = num_ways
         self.num_filters = num_filters
@@ -55,10 +57,11 @@ class FewShotClassifier(keras.Model):
         self.use_running_statistics = use_running_statistics
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.matmul_dtype = matmul_dtype
         strides = 2 if downsampling == "strided" else 1
         self.convs = [
             MetaConv2D(num_filters, strides=strides, name=f"conv{i}",
-                       dtype=self.dtype_policy)
+                       matmul_dtype=matmul_dtype, dtype=self.dtype_policy)
             for i in range(num_stages)
         ]
         self.norms = [
@@ -70,6 +73,7 @@ class FewShotClassifier(keras.Model):
             for i in range(num_stages)
         ]
         self.classifier = MetaDense(num_ways, name="dense",
+                                    matmul_dtype=matmul_dtype,
                                     dtype=self.dtype_policy)
 
     @property
@@ -153,11 +157,18 @@ class FewShotClassifier(keras.Model):
             "use_running_statistics": self.use_running_statistics,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "matmul_dtype": self.matmul_dtype,
         }
 
 
-def build_classifier(config: config_lib.MetaLearnerConfig) -> FewShotClassifier:
-    """The backbone of `config`, built (its variables exist on return)."""
+def build_classifier(
+    config: config_lib.MetaLearnerConfig, matmul_dtype: str | None = None
+) -> FewShotClassifier:
+    """The backbone of `config`, built (its variables exist on return).
+
+    Args:
+      matmul_dtype: None, or "bfloat16" for mixed precision.
+    """
     per_step_weights = config.per_step_bn_weights
     per_step_stats = config.per_step_bn_statistics
     model = FewShotClassifier(
@@ -170,6 +181,7 @@ def build_classifier(config: config_lib.MetaLearnerConfig) -> FewShotClassifier:
         use_running_statistics=config.bn_mode == "per_step_running",
         bn_momentum=config.bn_momentum,
         bn_epsilon=config.bn_epsilon,
+        matmul_dtype=matmul_dtype,
         dtype=config.dtype,
         name="few_shot_classifier",
     )

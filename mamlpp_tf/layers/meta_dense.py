@@ -11,6 +11,8 @@ class MetaDense(keras.layers.Layer):
 
     Args:
       units: output features (num_ways for the classifier head).
+      matmul_dtype: None, or "bfloat16" to multiply in bfloat16 (the bias
+        add and the logits stay in the layer's dtype).
 
     Call args:
       inputs: [batch, features].
@@ -18,9 +20,10 @@ class MetaDense(keras.layers.Layer):
         [features, units] and "bias" [units] tensors (the fast weights).
     """
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, matmul_dtype: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.units = units
+        self.matmul_dtype = matmul_dtype
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
@@ -34,10 +37,16 @@ class MetaDense(keras.layers.Layer):
     def call(self, inputs, *, params=None):
         if params is None:
             params = {"kernel": self.kernel, "bias": self.bias}
-        return tf.matmul(inputs, params["kernel"]) + params["bias"]
+        kernel = params["kernel"]
+        if self.matmul_dtype is not None:
+            inputs = tf.cast(inputs, self.matmul_dtype)
+            kernel = tf.cast(kernel, self.matmul_dtype)
+        outputs = tf.cast(tf.matmul(inputs, kernel), params["bias"].dtype)
+        return outputs + params["bias"]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units,
+                "matmul_dtype": self.matmul_dtype}

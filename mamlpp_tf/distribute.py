@@ -1,0 +1,208 @@
+"""tf.distribute strategies from a frozen runtime configuration.
+
+The strategy is chosen by the app (`--strategy`) and passed down; the
+learner creates its variables and optimizer under `strategy.scope()` and
+runs each meta-step with `strategy.run`, reducing over the global
+meta-batch, so N replicas give the update one device gives on the same tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+from mamlpp_tf import data as data_lib
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION = (None, "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """Where and how the meta-steps run; none of it changes the maths.
+
+    Attributes:
+      strategy: one of STRATEGIES. "default" is TF's default strategy (one
+        device); "mirrored" replicates over the local GPUs (or logical CPUs);
+        "multi_worker" reads the cluster from TF_CONFIG; "tpu" connects to
+        `tpu`.
+      tpu: TPU name or grpc:// address for "tpu" ("local" on a TPU VM).
+      logical_cpu_devices: split the CPU into this many logical devices
+        (for trying MirroredStrategy on a laptop); None leaves it alone.
+      jit_compile: compile each meta-step, outer tape included, with XLA.
+      mixed_precision: None, or "bfloat16" to run convolutions and matmuls
+        in bfloat16 while variables, fast-weight arithmetic, LSLR rates, BN
+        statistics and the loss stay float32.
+      parallel_tasks: tasks of a meta-batch in flight at once per replica.
+    """
+
+    strategy: str = "default"
+    tpu: str | None = None
+    logical_cpu_devices: int | None = None
+    jit_compile: bool = False
+    mixed_precision: str | None = None
+    parallel_tasks: int = 1
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"strategy must be one of {STRATEGIES}, got {self.strategy!r}."
+            )
+        if self.strategy == "tpu" and not self.tpu:
+            raise ValueError(
+                "strategy='tpu' needs the TPU's name or address: pass "
+                "--tpu=local on a TPU VM, or --tpu=grpc://HOST:8470."
+            )
+        if self.tpu and self.strategy != "tpu":
+            raise ValueError(
+                f"tpu={self.tpu!r} is only read with strategy='tpu', got "
+                f"strategy={self.strategy!r}. Drop --tpu or set "
+                "--strategy=tpu."
+            )
+        if self.logical_cpu_devices is not None and self.logical_cpu_devices < 1:
+            raise ValueError(
+                "logical_cpu_devices must be None or >= 1, got "
+                f"{self.logical_cpu_devices}."
+            )
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION}, got "
+                f"{self.mixed_precision!r}."
+            )
+        if self.parallel_tasks < 1:
+            raise ValueError(
+                f"parallel_tasks must be >= 1, got {self.parallel_tasks}."
+            )
+
+
+def configure_devices(runtime: RuntimeConfig) -> None:
+    """Splits the CPU into logical devices; call before any TF op runs."""
+    if runtime.logical_cpu_devices is None:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0],
+            [tf.config.LogicalDeviceConfiguration()]
+            * runtime.logical_cpu_devices,
+        )
+    except RuntimeError as error:
+        raise RuntimeError(
+            "logical_cpu_devices must be set before TensorFlow initialises "
+            "its devices (before the first op runs)."
+        ) from error
+
+
+def _worker_devices():
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return [d.name for d in gpus]
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def make_strategy(
+    runtime: RuntimeConfig | str,
+) -> tf.distribute.Strategy:
+    """The `tf.distribute.Strategy` that `runtime` (or a strategy name) asks
+    for."""
+    if isinstance(runtime, str):
+        runtime = RuntimeConfig(strategy=runtime)
+    configure_devices(runtime)
+    name = runtime.strategy
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(_worker_devices()[0])
+    if name == "mirrored":
+        devices = _worker_devices()
+        log.info("MirroredStrategy over %s", devices)
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy='multi_worker' reads the cluster from the TF_CONFIG "
+                "environment variable, which is not set. Set it on every "
+                "worker (see BUILD.md)."
+            )
+        cluster = json.loads(os.environ["TF_CONFIG"])
+        log.info("MultiWorkerMirroredStrategy, task %s", cluster.get("task"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=runtime.tpu
+    )
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared files (logs, summaries)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+    )
+
+
+def episode_batches(
+    strategy: tf.distribute.Strategy | None,
+    class_images,
+    episode_config,
+    *,
+    split: str,
+    start_task: int = 0,
+    num_tasks: int | None = None,
+):
+    """Episode batches for `strategy`, each replica getting distinct tasks.
+
+    Global batch b holds tasks start_task + b*T ... + T - 1, as on one
+    device; replica r of R gets the r-th consecutive slice of T/R of them,
+    so the replicas together see exactly the single-device batch. Each input
+    pipeline builds its own dataset (`distribute_datasets_from_function`)
+    and keeps the slices of its own replicas; tasks are pure functions of
+    their index, so this is deterministic.
+
+    Returns a `tf.data.Dataset` (one replica) or a distributed dataset.
+    """
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return data_lib.episode_dataset(
+            class_images, episode_config, split=split, start_task=start_task,
+            num_tasks=num_tasks,
+        )
+    replicas = strategy.num_replicas_in_sync
+    tasks_per_batch = episode_config.meta_batch_size
+    if tasks_per_batch % replicas:
+        raise ValueError(
+            f"meta_batch_size={tasks_per_batch} does not split over "
+            f"{replicas} replicas; use a multiple of {replicas}."
+        )
+    per_replica = dataclasses.replace(
+        episode_config, meta_batch_size=tasks_per_batch // replicas
+    )
+
+    # Built in Python, not converted: autograph would rewrite the pipeline's
+    # own Python (class constructors included) when TF calls this.
+    @tf.autograph.experimental.do_not_convert
+    def dataset_fn(context: tf.distribute.InputContext):
+        dataset = data_lib.episode_dataset(
+            class_images, per_replica, split=split, start_task=start_task,
+            num_tasks=num_tasks,
+        )
+        pipelines = context.num_input_pipelines
+        if pipelines == 1:
+            return dataset
+        # Slice c goes to replica c % R; this pipeline feeds R / P of them.
+        replicas_per_pipeline = replicas // pipelines
+        pipeline = context.input_pipeline_id
+        return dataset.enumerate().filter(
+            lambda c, _: (c % replicas) // replicas_per_pipeline == pipeline
+        ).map(lambda _, batch: batch)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
