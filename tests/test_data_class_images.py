@@ -47,6 +47,8 @@ def test_from_classes_rejects_mismatches():
     with pytest.raises(ValueError, match="2 image arrays for 1 class names"):
         ClassImages.from_classes([_images(1), _images(1)], ("a",))
     with pytest.raises(ValueError, match="share one image shape"):
-        ClassImages.from_classes([_images(1), _images(1, (5, 5, 1))], ("a", "b"))
+        ClassImages.from_classes(
+            [_images(1), _images(1, (5, 5, 1))], ("a", "b")
+        )
     with pytest.raises(ValueError, match="at least one class"):
         ClassImages.from_classes([], ())

@@ -50,7 +50,7 @@ def _batches(class_images, config, num_batches, **kwargs):
 
 
 def _decode(x):
-    """float [..., H, W, C] in [0,1] -> (class, index) int arrays [...]."""
+    """Float [..., H, W, C] in [0,1] -> (class, index) int arrays [...]."""
     codes = np.round(x[..., 0, :2, 0] * 255).astype(int)
     return codes[..., 0], codes[..., 1]
 
@@ -127,7 +127,9 @@ def test_same_index_gives_same_task_regardless_of_batching():
         )
     # Task i is the same whatever the meta-batch size.
     pairs = _batches(split, _config(meta_batch_size=2), 4)
-    np.testing.assert_array_equal(pairs[1]["support_x"][1], stream[3]["support_x"][0])
+    np.testing.assert_array_equal(
+        pairs[1]["support_x"][1], stream[3]["support_x"][0]
+    )
 
 
 def test_seeds_and_splits_key_the_tasks():
@@ -138,10 +140,16 @@ def test_seeds_and_splits_key_the_tasks():
         return _batches(split, cfg, 1, split=name)[0]["support_x"]
 
     other_seed = dataclasses.replace(config, seed=2)
-    assert not np.array_equal(first(config, "train"), first(other_seed, "train"))
+    assert not np.array_equal(
+        first(config, "train"), first(other_seed, "train")
+    )
     # Evaluation tasks ignore the training seed and follow eval_seed.
-    np.testing.assert_array_equal(first(config, "val"), first(other_seed, "val"))
-    np.testing.assert_array_equal(first(config, "test"), first(other_seed, "test"))
+    np.testing.assert_array_equal(
+        first(config, "val"), first(other_seed, "val")
+    )
+    np.testing.assert_array_equal(
+        first(config, "test"), first(other_seed, "test")
+    )
     other_eval = dataclasses.replace(config, eval_seed=3)
     assert not np.array_equal(first(config, "val"), first(other_eval, "val"))
     # The split name is part of the key.
@@ -198,16 +206,20 @@ def test_rotations_rotate_whole_classes_in_training_only():
     rotated = dataclasses.replace(plain, augment_rotations=True)
     base = _tasks(_batches(split, plain, 30), "support_x")
     aug = _tasks(_batches(split, rotated, 30), "support_x")
-    seen = set()
+    seen, mixed_tasks = set(), 0
     for task in range(base.shape[0]):
+        task_ks = set()
         for n in range(3):
             ks = {
                 _rotation_of(aug[task, 2 * n + j], base[task, 2 * n + j])
                 for j in range(2)
             }
             assert len(ks) == 1 and None not in ks, "one k per class and task"
-            seen |= ks
+            task_ks |= ks
+        seen |= task_ks
+        mixed_tasks += len(task_ks) > 1
     assert seen == {0, 1, 2, 3}
+    assert mixed_tasks > 0, "k is drawn per class, not per task"
     for name in ("val", "test"):
         np.testing.assert_array_equal(
             _batches(split, plain, 3, split=name)[2]["query_x"],
@@ -226,10 +238,14 @@ def test_rotation_matches_numpy_rot90_on_an_asymmetric_image():
 
 def test_infeasible_tasks_fail_early_naming_the_problem():
     split = _coded_split([6, 6, 3, 6])
-    with pytest.raises(ValueError, match="num_ways=5 but the train split has only 4"):
+    with pytest.raises(
+        ValueError, match="num_ways=5 but the train split has only 4"
+    ):
         episode_dataset(split, _config(num_ways=5), split="train")
     with pytest.raises(ValueError, match=r"'class2' \(3 images\)"):
-        episode_dataset(split, _config(num_shots=2, num_queries=2), split="train")
+        episode_dataset(
+            split, _config(num_shots=2, num_queries=2), split="train"
+        )
     with pytest.raises(ValueError, match="normalization='imagenet' needs RGB"):
         validate_episode_feasible(
             _coded_split([6] * 4), _config(normalization="imagenet"), "train"

@@ -1,4 +1,4 @@
-"""Tests of the mini-ImageNet source on small synthetic folders in its layouts."""
+"""Tests of the mini-ImageNet source on small synthetic folders."""
 
 import csv
 import dataclasses
@@ -70,7 +70,9 @@ def _config(folder, tmp_path, **overrides):
 def test_every_layout_loads_the_same_classes(loaded):
     reference = loaded[mini_imagenet.PICKLE]
     for layout, splits in loaded.items():
-        for split, count in zip(("train", "val", "test"), NUM_CLASSES, strict=True):
+        for split, count in zip(
+            ("train", "val", "test"), NUM_CLASSES, strict=True
+        ):
             images = splits[split]
             assert images.num_classes == count, (layout, split)
             assert images.image_shape == (84, 84, 3)
@@ -94,10 +96,14 @@ def test_episodes_are_imagenet_normalised(loaded):
         "mini_imagenet", num_ways=2, num_shots=1, meta_batch_size=2
     )
     assert config.num_queries == 15
-    with pytest.raises(ValueError, match=r"fewer than num_shots \+ num_queries = 16"):
+    with pytest.raises(
+        ValueError, match=r"fewer than num_shots \+ num_queries = 16"
+    ):
         episode_dataset(splits["test"], config, split="test", num_tasks=2)
     config = dataclasses.replace(config, num_queries=5)
-    batch = next(iter(episode_dataset(splits["test"], config, split="test", num_tasks=2)))
+    batch = next(
+        iter(episode_dataset(splits["test"], config, split="test", num_tasks=2))
+    )
     assert batch["query_x"].shape == (2, 10, 84, 84, 3)
     x = batch["support_x"].numpy()
     # Pixels in [0, 1] map into [(0 - mean) / std, (1 - mean) / std].
@@ -107,19 +113,25 @@ def test_episodes_are_imagenet_normalised(loaded):
 
 
 def test_pickles_need_an_explicit_opt_in(folders, tmp_path):
-    with pytest.raises(ValueError, match="Unpickling runs code.*allow_pickle=True"):
+    with pytest.raises(
+        ValueError, match="Unpickling runs code.*allow_pickle=True"
+    ):
         load_splits(_config(folders[mini_imagenet.PICKLE], tmp_path))
 
 
 def test_missing_empty_and_unknown_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*train,val,test"):
+    with pytest.raises(
+        FileNotFoundError, match="does not exist.*train,val,test"
+    ):
         load_splits(_config(tmp_path / "absent", tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is empty"):
         load_splits(_config(tmp_path / "empty", tmp_path))
     other = tmp_path / "other"
     (other / "n01").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"matches no mini-ImageNet layout; found \['n01'\]"):
+    with pytest.raises(
+        ValueError, match=r"matches no mini-ImageNet layout; found \['n01'\]"
+    ):
         load_splits(_config(other, tmp_path))
 
 
@@ -127,7 +139,9 @@ def test_csv_rows_pointing_at_missing_files(folders, tmp_path):
     folder = _copy(folders[mini_imagenet.CSV_FOLDERS], tmp_path)
     victim = sorted((folder / "val").rglob("*.jpg"))[2]
     victim.unlink()
-    with pytest.raises(FileNotFoundError, match=f"1 rows of .*val.csv.*{victim.name}"):
+    with pytest.raises(
+        FileNotFoundError, match=f"1 rows of .*val.csv.*{victim.name}"
+    ):
         load_splits(_config(folder, tmp_path))
 
 
@@ -142,7 +156,9 @@ def test_corrupt_jpeg_is_named(folders, tmp_path):
 def test_malformed_csv_and_ambiguous_layouts(folders, tmp_path):
     folder = _copy(folders[mini_imagenet.CSV_IMAGES], tmp_path)
     (folder / "test.csv").write_text("file,class\nx.jpg,n1\n")
-    with pytest.raises(ValueError, match="must start with the header 'filename,label'"):
+    with pytest.raises(
+        ValueError, match="must start with the header 'filename,label'"
+    ):
         load_splits(_config(folder, tmp_path))
     (folder / "test.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"lacks \['test.csv'\]"):
@@ -170,7 +186,9 @@ def test_small_class_and_too_many_ways_are_named(folders, tmp_path):
     config = dataclasses.replace(config, num_queries=2)
     with pytest.raises(ValueError, match=f"'{small_label}' \\(2 images\\)"):
         episode_dataset(splits["train"], config, split="train")
-    with pytest.raises(ValueError, match="num_ways=3 but the val split has only 2"):
+    with pytest.raises(
+        ValueError, match="num_ways=3 but the val split has only 2"
+    ):
         episode_dataset(splits["val"], config, split="val", num_tasks=1)
 
 

@@ -94,7 +94,9 @@ def test_real_episodes_are_deterministic_in_range_and_rotated_in_training(real):
             ks = [
                 k
                 for k in range(4)
-                if np.array_equal(rotated[task, n], np.rot90(unrotated[task, n], k))
+                if np.array_equal(
+                    rotated[task, n], np.rot90(unrotated[task, n], k)
+                )
             ]
             assert ks, "each image must be a rotation of the unrotated one"
             turns.add(ks[0])
@@ -102,7 +104,8 @@ def test_real_episodes_are_deterministic_in_range_and_rotated_in_training(real):
     for split in ("val", "test"):
         np.testing.assert_array_equal(first(config, split), first(plain, split))
         np.testing.assert_array_equal(
-            first(config, split, start_task=4), first(plain, split, start_task=4)
+            first(config, split, start_task=4),
+            first(plain, split, start_task=4),
         )
 
 
@@ -118,13 +121,17 @@ def _write_fake(root, *, background=7, evaluation=2, characters=2, drawings=3):
     ):
         for a in range(num_alphabets):
             for c in range(characters):
-                folder = root / subset / f"{subset[7:]}{a}" / f"character{c + 1:02d}"
+                folder = (
+                    root / subset / f"{subset[7:]}{a}" / f"character{c + 1:02d}"
+                )
                 folder.mkdir(parents=True)
                 images = synthetic.draw_class(0, index, drawings, (105, 105, 1))
                 index += 1
                 for d, image in enumerate(images):
                     png = folder / f"{index:04d}_{d + 1:02d}.png"
-                    synthetic.Image.fromarray(image[:, :, 0]).convert("1").save(png)
+                    synthetic.Image.fromarray(image[:, :, 0]).convert("1").save(
+                        png
+                    )
     return root
 
 
@@ -179,7 +186,9 @@ def test_changed_file_prepares_again(fake_dir, tmp_path):
 
 
 def test_missing_and_empty_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*images_background/<alphabet>"):
+    with pytest.raises(
+        FileNotFoundError, match="does not exist.*images_background/<alphabet>"
+    ):
         load_splits(_fake_config(tmp_path / "absent", tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="is empty"):
@@ -187,7 +196,10 @@ def test_missing_and_empty_folders(tmp_path):
 
 
 def test_wrong_layouts_name_the_fix(fake_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no images_background or images_evaluation.*use its parent"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="has no images_background or images_evaluation.*use its parent",
+    ):
         load_splits(_fake_config(fake_dir / omniglot.BACKGROUND, tmp_path))
     character = next((fake_dir / omniglot.EVALUATION).glob("*/*"))
     (character / "notes.txt").write_text("x")
@@ -216,5 +228,7 @@ def test_offline_download_explains_the_folder_layout(tmp_path, monkeypatch):
         tfds.download.DownloadManager, "download_and_extract", offline
     )
     config = DataConfig(dataset="omniglot", tfds_data_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="offline.*images_background/<alphabet>"):
+    with pytest.raises(
+        FileNotFoundError, match="offline.*images_background/<alphabet>"
+    ):
         load_splits(config)

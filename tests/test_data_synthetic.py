@@ -40,7 +40,9 @@ def test_draw_class_is_deterministic_and_shaped():
 
 def test_classes_are_learnable_by_nearest_centroid():
     # 20-way 5-shot on raw pixels; chance is 5%.
-    images = np.stack([synthetic.draw_class(0, c, 15, (28, 28, 1)) for c in range(20)])
+    images = np.stack(
+        [synthetic.draw_class(0, c, 15, (28, 28, 1)) for c in range(20)]
+    )
     x = images.reshape(20, 15, -1).astype(np.float32) / 255.0
     centroids = x[:, :5].mean(axis=1)  # [classes, D]
     queries = x[:, 5:]  # [classes, 10, D]
@@ -61,7 +63,8 @@ def test_load_splits_prepares_once_then_reloads(tfds_dir, monkeypatch):
         np.testing.assert_array_equal(split.class_sizes, 5)
     # The test classes are the last ones: glyph 9 is test class 0.
     np.testing.assert_array_equal(
-        splits["test"].class_images(0), synthetic.draw_class(0, 9, 5, (12, 12, 1))
+        splits["test"].class_images(0),
+        synthetic.draw_class(0, 9, 5, (12, 12, 1)),
     )
 
     def fail(*args):
@@ -84,7 +87,9 @@ def test_changed_settings_never_load_stale_data(tfds_dir):
     assert shape.data_dir not in (first.data_dir, other_seed.data_dir)
 
 
-def test_interrupted_preparation_leaves_nothing_and_reruns(tmp_path, monkeypatch):
+def test_interrupted_preparation_leaves_nothing_and_reruns(
+    tmp_path, monkeypatch
+):
     config = _config(tmp_path)
     calls = []
     draw = synthetic.draw_class
@@ -113,6 +118,10 @@ def test_interrupted_preparation_leaves_nothing_and_reruns(tmp_path, monkeypatch
 
 def test_synthetic_episodes_run(tfds_dir):
     splits = load_splits(_config(tfds_dir))
-    config = EpisodeConfig(num_ways=3, num_shots=1, num_queries=2, meta_batch_size=2)
-    batch = next(iter(episode_dataset(splits["val"], config, split="val", num_tasks=4)))
+    config = EpisodeConfig(
+        num_ways=3, num_shots=1, num_queries=2, meta_batch_size=2
+    )
+    batch = next(
+        iter(episode_dataset(splits["val"], config, split="val", num_tasks=4))
+    )
     assert batch["query_x"].shape == (2, 6, 12, 12, 1)

@@ -1,13 +1,14 @@
 """The MAML++ data pipeline: class splits prepared with TFDS, tf.data episodes.
 
-    splits = load_splits(DataConfig(dataset="omniglot", data_dir=...))
-    config = episode_config_for(
-        "omniglot", num_ways=20, num_shots=1, meta_batch_size=8, seed=0
-    )
-    train = episode_dataset(splits["train"], config, split="train")
-    val = episode_dataset(
-        splits["val"], config, split="val", num_tasks=NUM_EVAL_TASKS
-    )
+Example:
+  >>> splits = load_splits(DataConfig(dataset="omniglot", data_dir=root))
+  >>> config = episode_config_for(
+  ...     "omniglot", num_ways=20, num_shots=1, meta_batch_size=8, seed=0
+  ... )
+  >>> train = episode_dataset(splits["train"], config, split="train")
+  >>> val = episode_dataset(
+  ...     splits["val"], config, split="val", num_tasks=NUM_EVAL_TASKS
+  ... )
 """
 
 from mamlpp_tf.data.class_images import ClassImages

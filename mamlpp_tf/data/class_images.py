@@ -44,7 +44,8 @@ class ClassImages:
         if not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64:
             raise ValueError(
                 "class_offsets must be an int64 numpy array, got "
-                f"{type(offsets).__name__} of {getattr(offsets, 'dtype', None)}."
+                f"{type(offsets).__name__} of "
+                f"{getattr(offsets, 'dtype', None)}."
             )
         if (
             offsets.ndim != 1
@@ -74,10 +75,12 @@ class ClassImages:
 
     @property
     def num_classes(self) -> int:
+        """Classes in the split."""
         return self.class_offsets.size - 1
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
         return tuple(int(s) for s in self.images.shape[1:])
 
     @functools.cached_property

@@ -44,7 +44,9 @@ def validate_episode_feasible(
     for rotations.
     """
     if split not in SPLIT_IDS:
-        raise ValueError(f"split must be one of {tuple(SPLIT_IDS)}, got {split!r}.")
+        raise ValueError(
+            f"split must be one of {tuple(SPLIT_IDS)}, got {split!r}."
+        )
     if config.num_ways > class_images.num_classes:
         raise ValueError(
             f"num_ways={config.num_ways} but the {split} split has only "
@@ -78,10 +80,15 @@ def validate_episode_feasible(
 
 
 def _rotation_tables(side: int) -> np.ndarray:
-    """int32 [4, side*side]: flat pixel p of rot90(x, k) is flat pixel
-    table[k, p] of x (counter-clockwise, as numpy.rot90)."""
+    """Pixel orders of the 4 rotations: int32 [4, side*side].
+
+    Flat pixel p of rot90(x, k) is flat pixel table[k, p] of x
+    (counter-clockwise, as numpy.rot90).
+    """
     flat = np.arange(side * side, dtype=np.int32).reshape(side, side)
-    return np.stack([np.rot90(flat, k).reshape(-1) for k in range(NUM_ROTATIONS)])
+    return np.stack(
+        [np.rot90(flat, k).reshape(-1) for k in range(NUM_ROTATIONS)]
+    )
 
 
 class _TaskSampler:
@@ -247,7 +254,9 @@ def episode_dataset(
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = tasks.map(_TaskSampler(class_images, config, split), **parallel)
     dataset = dataset.batch(batch_size, drop_remainder=True, **parallel)
-    dataset = dataset.map(_BatchAssembler(class_images, config, split), **parallel)
+    dataset = dataset.map(
+        _BatchAssembler(class_images, config, split), **parallel
+    )
     options = tf.data.Options()
     # tf.data's static optimisations serialise the pipeline's graph, images
     # constant included: +2.4 s and +0.9 GB before the first mini-ImageNet

@@ -33,7 +33,11 @@ def _config_name(data_config: config_lib.DataConfig) -> str:
             f"images{data_config.synthetic_images_per_class}_"
             f"shape{height}_{width}_{channels}_seed{data_config.seed}"
         )
-    root = None if data_config.data_dir is None else pathlib.Path(data_config.data_dir)
+    root = (
+        None
+        if data_config.data_dir is None
+        else pathlib.Path(data_config.data_dir)
+    )
     if dataset == "omniglot":
         scheme = f"{data_config.split_scheme}_seed{data_config.seed}"
         if root is None:  # The archives are sha256-checked: fixed content.
@@ -63,7 +67,9 @@ _BUILDERS = {
 }
 
 
-def make_builder(data_config: config_lib.DataConfig) -> tfds.core.DatasetBuilder:
+def make_builder(
+    data_config: config_lib.DataConfig,
+) -> tfds.core.DatasetBuilder:
     """The TFDS builder of `data_config`, keyed by its source fingerprint.
 
     Raises:
@@ -124,7 +130,7 @@ def load_splits(data_config: config_lib.DataConfig) -> dict[str, ClassImages]:
     prepared = time.perf_counter()
     splits = {split: _read_split(builder, split) for split in config_lib.SPLITS}
     logging.info(
-        "%s: prepared in %.1f s (checks included), loaded in %.1f s from %s: %s",
+        "%s: checked and prepared in %.1f s, loaded in %.1f s from %s: %s",
         data_config.dataset,
         prepared - start,
         time.perf_counter() - prepared,

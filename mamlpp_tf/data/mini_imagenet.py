@@ -76,9 +76,13 @@ def detect_layout(root: pathlib.Path) -> str:
             f"per folder. {LAYOUT_HELP}"
         )
     if any(has_pickle):
-        missing = [n for n, ok in zip(pickles, has_pickle, strict=True) if not ok]
+        missing = [
+            n for n, ok in zip(pickles, has_pickle, strict=True) if not ok
+        ]
         if missing:
-            raise FileNotFoundError(f"{str(root)!r} lacks {missing}. {LAYOUT_HELP}")
+            raise FileNotFoundError(
+                f"{str(root)!r} lacks {missing}. {LAYOUT_HELP}"
+            )
         return PICKLE
     if not any(has_csv):
         raise ValueError(
@@ -237,11 +241,11 @@ def read_pickle_split(path: pathlib.Path) -> list[tuple[str, np.ndarray]]:
     with open(path, "rb") as f:
         # latin1 reads the Python 2 pickles that are widely shared.
         data = pickle.load(f, encoding="latin1")
-    if not isinstance(data, dict) or not {"image_data", "class_dict"} <= set(data):
+    keys = sorted(data) if isinstance(data, dict) else None
+    if keys is None or not {"image_data", "class_dict"} <= set(keys):
         raise ValueError(
             f"{str(path)!r} must hold a dict with 'image_data' and "
-            f"'class_dict', got {type(data).__name__}"
-            f"{' with keys ' + str(sorted(data)) if isinstance(data, dict) else ''}."
+            f"'class_dict', got {type(data).__name__} with keys {keys}."
         )
     images, class_dict = data["image_data"], data["class_dict"]
     expected = config_lib.MINI_IMAGENET_IMAGE_SHAPE

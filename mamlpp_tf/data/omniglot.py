@@ -66,6 +66,7 @@ class OmniglotClass:
 
     @property
     def alphabet(self) -> str:
+        """The alphabet folder's name."""
         return self.name.split("/")[0]
 
 
@@ -166,7 +167,7 @@ def find_classes(subset_dirs: dict[str, pathlib.Path]) -> list[OmniglotClass]:
 
 
 def find_classes_in_root(root: pathlib.Path) -> list[OmniglotClass]:
-    """`find_classes` for `root/images_background` and `root/images_evaluation`."""
+    """`find_classes` of root/images_background and root/images_evaluation."""
     _check_root(root)
     return find_classes({s: root / s for s in SUBSETS})
 
@@ -181,7 +182,9 @@ def fingerprint(classes: list[OmniglotClass]) -> str:
     for cls in classes:
         for path in cls.files:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(
+                f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
     return digest.hexdigest()
 
 

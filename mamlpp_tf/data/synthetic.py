@@ -42,7 +42,7 @@ def _class_rng(seed: int, class_index: int) -> np.random.Generator:
 
 
 def _curve(points: np.ndarray) -> np.ndarray:
-    """[CURVE_SEGMENTS + 1, 2]: the quadratic Bezier through 3 control points."""
+    """The quadratic Bezier of 3 control points: [CURVE_SEGMENTS + 1, 2]."""
     t = np.linspace(0.0, 1.0, CURVE_SEGMENTS + 1)[:, None]
     p0, p1, p2 = points
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
@@ -70,9 +70,12 @@ def draw_class(
         for stroke in points:
             xy = _curve(stroke) * np.array(big)
             draw.line([tuple(p) for p in xy], fill=255, width=line_width)
-        mask = np.asarray(
-            canvas.resize((width, height), Image.Resampling.BOX), np.float32
-        )[:, :, None] / 255.0  # [H, W, 1]
+        mask = (
+            np.asarray(
+                canvas.resize((width, height), Image.Resampling.BOX), np.float32
+            )[:, :, None]
+            / 255.0
+        )  # [H, W, 1]
         if channels == 1:  # Omniglot-like: dark ink on white paper.
             pixels = 255.0 * (1.0 - mask)
         else:
@@ -82,7 +85,7 @@ def draw_class(
 
 
 def class_names(num_classes: tuple[int, int, int]) -> dict[str, list[str]]:
-    """"train"/"val"/"test" -> names; class j overall is "glyph{j:05d}"."""
+    """Class names per split; class j overall is "glyph{j:05d}"."""
     names, start = {}, 0
     for split, count in zip(config_lib.SPLITS, num_classes, strict=True):
         names[split] = [f"glyph{j:05d}" for j in range(start, start + count)]

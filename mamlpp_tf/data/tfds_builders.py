@@ -43,7 +43,8 @@ class ClassSplitsConfig(tfds.core.BuilderConfig):
     """
 
     data_config: config_lib.DataConfig | None = dataclasses.field(
-        default=None, repr=False  # TFDS logs the config; keep it short.
+        default=None,
+        repr=False,  # TFDS logs the config; keep it short.
     )
     image_shape: tuple[int, int, int] = config_lib.OMNIGLOT_IMAGE_SHAPE
 
@@ -86,11 +87,14 @@ class _ClassSplitsBuilder(tfds.core.GeneratorBasedBuilder):
     def _examples(names, arrays):
         """(key, example) per class; `arrays` yields uint8 [n, H, W, C]."""
         for index, (name, images) in enumerate(zip(names, arrays, strict=True)):
-            yield index, {
-                "images": images,
-                "class_name": name,
-                "class_index": index,
-            }
+            yield (
+                index,
+                {
+                    "images": images,
+                    "class_name": name,
+                    "class_index": index,
+                },
+            )
 
 
 class MamlppOmniglot(_ClassSplitsBuilder):
@@ -124,7 +128,7 @@ class MamlppOmniglot(_ClassSplitsBuilder):
 
 
 def _download_omniglot(dl_manager) -> dict[str, pathlib.Path]:
-    """Downloads and extracts the official archives (sha256 in checksums.tsv)."""
+    """Downloads and extracts the official archives (sha256: checksums.tsv)."""
     try:
         extracted = dl_manager.download_and_extract(omniglot.DOWNLOAD_URLS)
     except Exception as err:  # Offline, proxy, checksum: re-raised below.
