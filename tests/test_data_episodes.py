@@ -227,13 +227,19 @@ def test_rotations_rotate_whole_classes_in_training_only():
         )
 
 
-def test_rotation_matches_numpy_rot90_on_an_asymmetric_image():
-    image = np.arange(9, dtype=np.int32).reshape(3, 3)
-    tables = episodes._rotation_tables(3)
-    for k in range(4):
-        np.testing.assert_array_equal(
-            image.reshape(-1)[tables[k]].reshape(3, 3), np.rot90(image, k)
-        )
+def test_rotation_matches_numpy_rot90_on_asymmetric_images():
+    # [T=2, N=4, S=2, H=3, W=3, C=2] with all-distinct values.
+    x = np.arange(2 * 4 * 2 * 3 * 3 * 2, dtype=np.int32).reshape(
+        2, 4, 2, 3, 3, 2
+    )
+    rotations = np.array([[0, 1, 2, 3], [3, 2, 1, 0]], np.int32)
+    turned = episodes.rotate_classes(tf.constant(x), tf.constant(rotations))
+    for t in range(2):
+        for n in range(4):
+            for s in range(2):
+                np.testing.assert_array_equal(
+                    turned[t, n, s], np.rot90(x[t, n, s], rotations[t, n])
+                )
 
 
 def test_infeasible_tasks_fail_early_naming_the_problem():

@@ -12,6 +12,7 @@ such images in the mini-ImageNet layouts.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import pathlib
 import pickle
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from mamlpp_tf.data import config as config_lib
 from mamlpp_tf.data import mini_imagenet
+from mamlpp_tf.data import parallel_decode
 
 # Glyph geometry, in units of the image side. Chosen by eye so that strokes
 # stay inside the image and a 28x28 glyph looks like an Omniglot drawing.
@@ -123,20 +125,59 @@ def write_mini_imagenet_folder(
         )
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    shape = config_lib.MINI_IMAGENET_IMAGE_SHAPE
     start = 0
     for split, count in zip(config_lib.SPLITS, num_classes, strict=True):
-        labels = [f"n{90000000 + j:08d}" for j in range(start, start + count)]
-        arrays = [
-            draw_class(seed, j, images_per_class, shape)
+        jobs = [
+            _ClassJob(root, split, layout, seed, j, images_per_class)
             for j in range(start, start + count)
         ]
         start += count
+        # Drawing and JPEG-encoding the real size (60,000 images) takes
+        # about a minute in one process.
+        results = list(parallel_decode.imap_ordered(_write_class, jobs))
         if layout == mini_imagenet.PICKLE:
-            _write_pickle(root, split, labels, arrays)
+            _write_pickle(root, split, [job.label for job in jobs], results)
         else:
-            _write_csv_split(root, split, labels, arrays, layout)
+            rows = [row for class_rows in results for row in class_rows]
+            path = root / f"{split}.csv"
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(mini_imagenet.CSV_HEADER)
+                writer.writerows(rows)
     return root
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassJob:
+    root: pathlib.Path
+    split: str
+    layout: str
+    seed: int
+    class_index: int
+    num_images: int
+
+    @property
+    def label(self) -> str:
+        return f"n{90000000 + self.class_index:08d}"
+
+
+def _write_class(job: _ClassJob):
+    """Draws one class; returns its images (pickle) or its CSV rows."""
+    shape = config_lib.MINI_IMAGENET_IMAGE_SHAPE
+    images = draw_class(job.seed, job.class_index, job.num_images, shape)
+    if job.layout == mini_imagenet.PICKLE:
+        return images
+    if job.layout == mini_imagenet.CSV_FOLDERS:
+        folder = job.root / job.split / job.label
+    else:
+        folder = job.root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, image in enumerate(images):
+        filename = f"{job.label}{i:08d}.jpg"
+        Image.fromarray(image).save(folder / filename, quality=95)
+        rows.append((filename, job.label))
+    return rows
 
 
 def _write_pickle(root, split, labels, arrays) -> None:
@@ -152,21 +193,3 @@ def _write_pickle(root, split, labels, arrays) -> None:
     path = root / mini_imagenet.PICKLE_NAME.format(split=split)
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _write_csv_split(root, split, labels, arrays, layout) -> None:
-    rows = []
-    for label, images in zip(labels, arrays, strict=True):
-        if layout == mini_imagenet.CSV_FOLDERS:
-            folder = root / split / label
-        else:
-            folder = root / "images"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            filename = f"{label}{i:08d}.jpg"
-            Image.fromarray(image).save(folder / filename, quality=95)
-            rows.append((filename, label))
-    with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(mini_imagenet.CSV_HEADER)
-        writer.writerows(rows)
