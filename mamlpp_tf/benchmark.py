@@ -1,0 +1,151 @@
+"""Speed and memory of one meta-step on random inputs of the real shapes.
+
+A benchmark, not a test: it prints figures. Inputs are random images and
+labels with the configured shapes, so no data set is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mamlpp_tf import config as config_lib
+from mamlpp_tf import distribute
+from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import schedules
+
+PHASES = ("train", "eval")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig:
+    """What to measure.
+
+    Attributes:
+      phase: "train" (meta-update) or "eval" (adapt + score, first order).
+      steps: timed iterations after the warm-up; the median is reported.
+      warmup: untimed iterations after the first (tracing) call.
+      epoch: the epoch whose MSL weights and derivative order apply.
+    """
+
+    phase: str = "train"
+    steps: int = 10
+    warmup: int = 2
+    epoch: int = 0
+
+    def __post_init__(self):
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got "
+                             f"{self.phase!r}.")
+        if self.steps < 1 or self.warmup < 0 or self.epoch < 0:
+            raise ValueError(
+                f"steps must be >= 1, warmup >= 0 and epoch >= 0; got "
+                f"{self.steps}, {self.warmup}, {self.epoch}."
+            )
+
+
+def random_batch(config: config_lib.MetaLearnerConfig, seed: int = 0) -> dict:
+    """An episode batch of the configured shapes, random pixels and labels."""
+    rng = np.random.default_rng(seed)
+    t, n = config.meta_batch_size, config.num_ways
+
+    def labels(per_class):
+        return np.tile(np.repeat(np.arange(n, dtype=np.int32), per_class),
+                       (t, 1))
+
+    def images(per_class):
+        return rng.random((t, n * per_class, *config.image_shape), np.float32)
+
+    return {
+        "support_x": tf.constant(images(config.num_shots)),
+        "support_y": tf.constant(labels(config.num_shots)),
+        "query_x": tf.constant(images(config.num_queries)),
+        "query_y": tf.constant(labels(config.num_queries)),
+    }
+
+
+def _peak_rss_bytes() -> int:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _device_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)} x{len(gpus)}"
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass  # Not Linux: the architecture name will do.
+    return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def run_benchmark(
+    config: config_lib.MetaLearnerConfig,
+    bench: BenchmarkConfig,
+    runtime: distribute.RuntimeConfig | None = None,
+    log=print,
+) -> dict:
+    """Times `bench.phase` of `config`; returns the figures as a dict."""
+    runtime = runtime or distribute.RuntimeConfig()
+    strategy = distribute.make_strategy(runtime)
+    learner = learner_lib.MetaLearner(
+        config, jit_compile=runtime.jit_compile,
+        parallel_tasks=runtime.parallel_tasks, strategy=strategy,
+        mixed_precision=runtime.mixed_precision,
+    )
+    batch = random_batch(config)
+    if bench.phase == "train":
+        def step():
+            return learner.train_step(batch, bench.epoch)
+    else:
+        def step():
+            return learner.eval_step(batch)
+
+    start = time.perf_counter()
+    step()
+    trace_seconds = time.perf_counter() - start
+    log(f"traced and ran the first {bench.phase} step in "
+        f"{trace_seconds:.1f} s")
+    for _ in range(bench.warmup):
+        step()
+    times = []
+    for i in range(bench.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        log(f"  step {i + 1}/{bench.steps}: {times[-1]:.3f} s")
+    median = statistics.median(times)
+    return {
+        "phase": bench.phase,
+        "epoch": bench.epoch,
+        "second_order": bench.phase == "train"
+        and schedules.use_second_order(config, bench.epoch),
+        "multi_step_loss": bench.phase == "train"
+        and schedules.use_multi_step_loss(config, bench.epoch),
+        "trace_seconds": round(trace_seconds, 3),
+        "seconds_per_iteration": round(median, 4),
+        "iterations_per_second": round(1.0 / median, 3),
+        "min_seconds_per_iteration": round(min(times), 4),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "steps": bench.steps,
+        "device": _device_name(),
+        "tensorflow_version": tf.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "runtime": dataclasses.asdict(runtime),
+        "config": dataclasses.asdict(config),
+    }

@@ -1,0 +1,73 @@
+"""Times a meta-step of a paper configuration on random inputs.
+
+  mamlpp-benchmark --flagfile=flags/maml++_omniglot_5way_1shot.cfg \
+      [--phase=train|eval] [--steps=N] [--epoch=E] [--output_json=FILE]
+
+Reads the same flags as mamlpp-train (the flagfile's data flags are parsed
+but no data is read). Prints trace_seconds, seconds_per_iteration (median
+of --steps), iterations_per_second and peak_rss_bytes.
+"""
+
+import json
+import pathlib
+
+from absl import flags
+
+try:  # First: it quiets TensorFlow's C++ logs before TensorFlow loads.
+    from mamlpp_tf_scripts import _app
+    from mamlpp_tf_scripts import train as train_app
+except ImportError:  # Run as `python scripts/benchmark.py`.
+    import _app
+    import train as train_app
+
+import tensorflow as tf
+
+from mamlpp_tf import benchmark
+
+_PHASE = flags.DEFINE_enum("phase", "train", benchmark.PHASES,
+                           "Meta-training step or evaluation step.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed iterations.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed iterations after the "
+                               "first.", lower_bound=0)
+_EPOCH = flags.DEFINE_integer(
+    "epoch", 0, "Epoch whose MSL weights and derivative order apply.",
+    lower_bound=0,
+)
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None,
+                                   "Also write the figures here.")
+_INTRA_OP_THREADS = flags.DEFINE_integer(
+    "intra_op_threads", 0, "TensorFlow intra-op threads (0: TF's default).",
+    lower_bound=0,
+)
+# The benchmark writes nothing to a run directory.
+flags.FLAGS.set_default("workdir", "")
+
+
+def main(argv):
+    del argv  # Checked by _app.run.
+    if _INTRA_OP_THREADS.value:
+        tf.config.threading.set_intra_op_parallelism_threads(
+            _INTRA_OP_THREADS.value
+        )
+    config = train_app.experiment_config().learner
+    figures = benchmark.run_benchmark(
+        config,
+        benchmark.BenchmarkConfig(phase=_PHASE.value, steps=_STEPS.value,
+                                  warmup=_WARMUP.value, epoch=_EPOCH.value),
+        train_app._RUNTIME_CONFIG(),  # noqa: SLF001
+    )
+    text = json.dumps(figures, indent=2, sort_keys=True)
+    print(text)
+    if _OUTPUT_JSON.value:
+        path = pathlib.Path(_OUTPUT_JSON.value)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
+def run():
+    """The `mamlpp-benchmark` console script."""
+    _app.run(main)
+
+
+if __name__ == "__main__":
+    run()
