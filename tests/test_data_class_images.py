@@ -52,3 +52,24 @@ def test_from_classes_rejects_mismatches():
         )
     with pytest.raises(ValueError, match="at least one class"):
         ClassImages.from_classes([], ())
+
+
+def test_from_classes_shares_read_only_memory_with_tensorflow():
+    split = ClassImages.from_classes(
+        [np.full((2, 4, 4, 1), c, np.uint8) for c in range(3)], ("a", "b", "c")
+    )
+    with pytest.raises(ValueError, match="read-only"):
+        split.images[0] = 9
+    assert split.images.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(split.images_tensor.numpy(), split.images)
+
+
+def test_other_arrays_are_copied_into_tensorflow():
+    storage = np.arange(4 * 3 * 3 * 1, dtype=np.uint8).reshape(4, 3, 3, 1)
+    images = storage[:, :, ::-1]  # Not C-contiguous: cannot be shared.
+    split = ClassImages(
+        images=images,
+        class_offsets=np.array([0, 4], np.int64),
+        class_names=("a",),
+    )
+    np.testing.assert_array_equal(split.images_tensor.numpy(), images)
