@@ -15,6 +15,7 @@ from mamlpp_tf.data import load_splits
 from mamlpp_tf.data import loading
 from mamlpp_tf.data import omniglot
 from mamlpp_tf.data import synthetic
+from mamlpp_tf.data import tfds_builders
 
 # Lake et al. (2015): 1,623 characters x 20 drawings.
 NUM_CHARACTERS = 1623
@@ -232,3 +233,10 @@ def test_offline_download_explains_the_folder_layout(tmp_path, monkeypatch):
         FileNotFoundError, match="offline.*images_background/<alphabet>"
     ):
         load_splits(config)
+
+
+def test_download_urls_have_registered_checksums():
+    infos = tfds_builders.MamlppOmniglot.url_infos
+    for url in omniglot.DOWNLOAD_URLS.values():
+        assert len(infos[url].checksum) == 64, url  # sha256 hex digest
+        assert infos[url].size > 1_000_000, url

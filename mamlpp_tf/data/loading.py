@@ -124,7 +124,9 @@ def load_splits(data_config: config_lib.DataConfig) -> dict[str, ClassImages]:
     builder = make_builder(data_config)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
-            try_download_gcs=False  # Ours is not on GCS; avoid the network.
+            try_download_gcs=False,  # Ours is not on GCS; avoid the network.
+            # Refuse any download whose sha256 is not in checksums.tsv.
+            force_checksums_validation=True,
         )
     )
     prepared = time.perf_counter()
