@@ -1,0 +1,180 @@
+"""TrainCheckpoint and TopKStore: what they save, restore and keep."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import experiments
+from mamlpp_tf import checkpointing
+from mamlpp_tf import learner as learner_lib
+
+
+def _learner(seed):
+    keras.utils.set_random_seed(seed)
+    return learner_lib.MetaLearner(experiments.tiny_learner())
+
+
+def _state(learner):
+    """Every variable a resumed run depends on, as numpy arrays."""
+    variables = (
+        learner.model.variables
+        + learner.inner_rates.variables
+        + learner.optimizer.variables
+    )
+    return [np.array(v) for v in variables]
+
+
+def _perturb(learner, seed):
+    """Moves every variable (BN statistics and Adam moments included)."""
+    rng = np.random.default_rng(seed)
+    for v in (
+        learner.model.variables
+        + learner.inner_rates.variables
+        + learner.optimizer.variables
+    ):
+        v.assign(np.asarray(v) + rng.normal(size=v.shape).astype(v.dtype))
+
+
+def _assert_same_state(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_restore_brings_back_every_variable_and_the_progress(tmp_path):
+    saved = _learner(seed=0)
+    _perturb(saved, seed=1)
+    progress = checkpointing.Progress(
+        epoch=3,
+        iteration=7,
+        next_task=124,
+        num_skipped_steps=2,
+        loss_sum=1.5,
+        accuracy_sum=0.25,
+        seconds=9.5,
+    )
+    checkpointing.TrainCheckpoint(saved, tmp_path, keep=2).save(
+        progress, step=31
+    )
+
+    fresh = _learner(seed=5)  # Other initial weights, zero BN statistics.
+    restored = checkpointing.TrainCheckpoint(
+        fresh, tmp_path, keep=2
+    ).restore_latest()
+
+    assert restored == progress
+    assert fresh.num_skipped_steps == 2
+    _assert_same_state(_state(fresh), _state(saved))
+
+
+def test_restore_of_a_new_workdir_is_none(tmp_path):
+    checkpoint = checkpointing.TrainCheckpoint(_learner(0), tmp_path, keep=2)
+    assert checkpoint.restore_latest() is None
+
+
+def test_keeps_only_the_newest_checkpoints(tmp_path):
+    checkpoint = checkpointing.TrainCheckpoint(_learner(0), tmp_path, keep=2)
+    for step in (1, 2, 3):
+        checkpoint.save(checkpointing.Progress(iteration=step), step=step)
+    assert [p.rsplit("-", 1)[1] for p in checkpoint.paths] == ["2", "3"]
+    assert not list((tmp_path / "checkpoints").glob("ckpt-1.*"))
+
+
+CORRUPTIONS = {
+    "zeroed data": (".data-00000-of-00001", lambda b: b"\0" * 16),
+    "truncated data": (".data-00000-of-00001", lambda b: b[: len(b) // 2]),
+    "garbage index": (".index", lambda b: b"garbage" * 8),
+    "truncated index": (".index", lambda b: b[: len(b) // 3]),
+}
+
+
+def _corrupt(prefix, how="zeroed data"):
+    suffix, damage = CORRUPTIONS[how]
+    path = prefix.with_name(prefix.name + suffix)
+    path.write_bytes(damage(path.read_bytes()))
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    tmp_path, caplog, how
+):
+    learner = _learner(0)
+    checkpoint = checkpointing.TrainCheckpoint(learner, tmp_path, keep=3)
+    checkpoint.save(checkpointing.Progress(iteration=1), step=1)
+    expected = _state(learner)
+    _perturb(learner, seed=2)
+    checkpoint.save(checkpointing.Progress(iteration=2), step=2)
+    _corrupt(tmp_path / "checkpoints" / "ckpt-2", how)
+
+    fresh = _learner(seed=3)
+    with caplog.at_level(logging.WARNING):
+        restored = checkpointing.TrainCheckpoint(
+            fresh, tmp_path, keep=3
+        ).restore_latest()
+
+    assert restored.iteration == 1
+    _assert_same_state(_state(fresh), expected)
+    assert "ckpt-2 cannot be restored" in caplog.text
+    assert "trying the previous one" in caplog.text
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    checkpoint = checkpointing.TrainCheckpoint(_learner(0), tmp_path, keep=2)
+    checkpoint.save(checkpointing.Progress(iteration=1), step=1)
+    _corrupt(tmp_path / "checkpoints" / "ckpt-1")
+    with pytest.raises(
+        ValueError,
+        match="None of the checkpoints in .* can be read \\(ckpt-1\\)",
+    ):
+        checkpoint.restore_latest()
+
+
+def _entry(epoch, accuracy):
+    return checkpointing.TopKEntry(
+        epoch=epoch, val_accuracy=accuracy, val_loss=1.0 - accuracy
+    )
+
+
+def test_top_k_keeps_the_best_epochs_and_their_weights(tmp_path):
+    learner = _learner(0)
+    store = checkpointing.TopKStore(learner, tmp_path, k=2)
+    weights = {}
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.6, 0.8, 0.7]):
+        _perturb(learner, seed=epoch)
+        weights[epoch] = [np.array(v) for v in learner.model.variables]
+        kept = store.update(_entry(epoch, accuracy))
+        assert kept == (epoch != 4)
+
+    # Ties keep the earlier epoch: epoch 4 (0.7) does not displace epoch 1.
+    assert [(e.epoch, e.val_accuracy) for e in store.entries] == [
+        (3, 0.8),
+        (1, 0.7),
+    ]
+    folders = sorted(p.name for p in store.directory.iterdir())
+    assert folders == ["epoch_001", "epoch_003", "index.json"]
+    store.load(1)
+    _assert_same_state(
+        [np.array(v) for v in learner.model.variables], weights[1]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Epoch 2 is not among the kept "
+        r"top-k epochs \[3, 1\]",
+    ):
+        store.load(2)
+
+
+def test_top_k_replaces_a_rerun_epoch_and_forgets_discarded_ones(tmp_path):
+    store = checkpointing.TopKStore(_learner(0), tmp_path, k=3)
+    for epoch, accuracy in enumerate([0.5, 0.6, 0.7]):
+        store.update(_entry(epoch, accuracy))
+    store.update(_entry(2, 0.4))  # Epoch 2 was rerun after a fallback.
+    assert [e.epoch for e in store.entries] == [1, 0, 2]
+    store.discard_from(1)
+    assert [e.epoch for e in store.entries] == [0]
+    assert sorted(p.name for p in store.directory.iterdir()) == [
+        "epoch_000",
+        "index.json",
+    ]
