@@ -1,0 +1,223 @@
+"""What a run reports: metrics.csv, TensorBoard events, progress lines.
+
+`metrics.csv` has one row per finished epoch; a resumed run first drops
+the rows of the epochs it is about to rerun, so the file never holds an
+epoch twice. TensorBoard events go to `workdir/tensorboard/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import logging
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from mamlpp_tf import schedules
+
+log = logging.getLogger(__name__)
+
+METRICS_FILENAME = "metrics.csv"
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_accuracy_ci95",
+    "meta_lr",
+    "seconds",
+)
+TENSORBOARD_DIR = "tensorboard"
+
+# What tensorboard.summary.scalar writes, without depending on the
+# tensorboard package (TensorFlow does not install it): a float32 scalar
+# tagged for TensorBoard's scalars plugin.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+    data_class=summary_pb2.DATA_CLASS_SCALAR,
+)
+
+
+def write_scalar(tag: str, value) -> None:
+    """Writes one scalar to the default summary writer at its step."""
+    tf.summary.write(tag, tf.cast(value, tf.float32), metadata=_SCALAR_METADATA)
+
+
+class MetricsCsv:
+    """`workdir/metrics.csv`: one row per epoch, columns METRICS_COLUMNS."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = pathlib.Path(workdir) / METRICS_FILENAME
+
+    def rows(self) -> list[dict]:
+        """The rows written so far, values as strings."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+    def truncate(self, epoch: int) -> None:
+        """Keeps the rows of epochs < `epoch` (creates the file if absent)."""
+        self._write([r for r in self.rows() if int(r["epoch"]) < epoch])
+
+    def append(self, row: dict) -> None:
+        """Adds one epoch's row; `row` has exactly METRICS_COLUMNS."""
+        if set(row) != set(METRICS_COLUMNS):
+            raise ValueError(
+                f"A metrics row needs the columns {METRICS_COLUMNS}, got "
+                f"{sorted(row)}."
+            )
+        self._write(self.rows() + [row])
+
+
+class MeanWindow:
+    """Running means of the training metrics between two reports."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums = {}
+        self.count = 0
+        self._start = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        """Adds one `MetaLearner.train_step` result."""
+        for name in ("loss", "accuracy", "per_step_accuracy", "per_step_loss"):
+            self._sums[name] = self._sums.get(name, 0.0) + np.asarray(
+                metrics[name], np.float64
+            )
+        self.count += 1
+
+    def pop(self) -> tuple[dict, float]:
+        """(means, seconds since the window opened); opens a new window."""
+        means = {k: v / self.count for k, v in self._sums.items()}
+        seconds = time.perf_counter() - self._start
+        self._reset()
+        return means, seconds
+
+
+def format_duration(seconds: float) -> str:
+    """3725.2 -> '1:02:05'."""
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+class Reporter:
+    """Progress lines and TensorBoard scalars of a training run.
+
+    Args:
+      workdir: the run directory.
+      config: the `ExperimentConfig`.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, config):
+        self._config = config
+        self._writer = tf.summary.create_file_writer(
+            str(pathlib.Path(workdir) / TENSORBOARD_DIR)
+        )
+        self._window = MeanWindow()
+        self._total_steps = (
+            config.learner.total_epochs * config.iterations_per_epoch
+        )
+
+    def step(
+        self, metrics: dict, *, epoch: int, iteration: int, global_step: int
+    ) -> None:
+        """Records one meta-step; every `log_every` steps, reports.
+
+        Args:
+          metrics: what `MetaLearner.train_step` returned.
+          epoch: the epoch of the step just done.
+          iteration: the step's index in the epoch, counting from 1.
+          global_step: meta-steps done in the whole run.
+        """
+        self._window.add(metrics)
+        if self._window.count < self._config.log_every and (
+            iteration < self._config.iterations_per_epoch
+        ):
+            return
+        count = self._window.count
+        means, seconds = self._window.pop()
+        rate = count / seconds
+        eta = (self._total_steps - global_step) / rate
+        log.info(
+            "epoch %d/%d iteration %d/%d | loss %.4f accuracy %.4f | "
+            "%.2f it/s | ETA %s (training steps only)",
+            epoch,
+            self._config.learner.total_epochs,
+            iteration,
+            self._config.iterations_per_epoch,
+            means["loss"],
+            means["accuracy"],
+            rate,
+            format_duration(eta),
+        )
+        with self._writer.as_default(step=global_step):
+            write_scalar("train/loss", means["loss"])
+            write_scalar("train/accuracy", means["accuracy"])
+            write_scalar("train/iterations_per_second", rate)
+            for step, value in enumerate(means["per_step_accuracy"]):
+                write_scalar(f"train/per_step_accuracy/step_{step}", value)
+            for step, value in enumerate(means["per_step_loss"]):
+                write_scalar(f"train/per_step_loss/step_{step}", value)
+
+    def epoch_end(
+        self,
+        learner,
+        *,
+        epoch: int,
+        global_step: int,
+        val_result,
+        meta_lr: float,
+    ) -> None:
+        """Validation metrics, meta lr, MSL weights and LSLR rates."""
+        learner_config = self._config.learner
+        msl = schedules.step_loss_weights(
+            learner_config, epoch, learner_config.num_inner_steps
+        )
+        with self._writer.as_default(step=global_step):
+            write_scalar("val/loss", val_result.loss)
+            write_scalar("val/accuracy", val_result.accuracy_mean)
+            write_scalar("val/accuracy_ci95", val_result.accuracy_ci95)
+            for step, value in enumerate(val_result.per_step_accuracy):
+                write_scalar(f"val/per_step_accuracy/step_{step}", value)
+            write_scalar("meta_lr", meta_lr)
+            for step, value in enumerate(msl):
+                write_scalar(f"msl_weights/step_{step}", value)
+            if learner.inner_rates is not None:
+                for name in learner.rate_names:
+                    rates = np.asarray(learner.inner_rates.rates[name])
+                    for step, value in enumerate(rates):
+                        write_scalar(f"inner_lr/{name}/step_{step}", value)
+        self._writer.flush()
+        log.info(
+            "epoch %d done | val loss %.4f accuracy %.4f +- %.4f | "
+            "meta lr %.3g",
+            epoch,
+            val_result.loss,
+            val_result.accuracy_mean,
+            val_result.accuracy_ci95,
+            meta_lr,
+        )
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self._writer.close()
