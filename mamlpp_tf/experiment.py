@@ -114,12 +114,12 @@ class ExperimentConfig:
             f"seed must be an int in [0, 2**32), got {self.seed!r}.",
         )
         batch = self.learner.meta_batch_size
+        multiple = max(batch, self.num_eval_tasks // batch * batch)
         _require(
             self.num_eval_tasks % batch == 0,
             f"num_eval_tasks={self.num_eval_tasks} is not a multiple of "
             f"meta_batch_size={batch}; evaluation runs whole batches. Set "
-            f"--num_eval_tasks to {max(batch, self.num_eval_tasks // batch * batch)}"
-            " or another multiple.",
+            f"--num_eval_tasks to {multiple} or another multiple.",
         )
         expected = data_lib.image_shape_for(self.data)
         _require(
@@ -143,9 +143,11 @@ class ExperimentConfig:
         )
 
     def to_dict(self) -> dict:
+        """Nested plain values (the learner and data configs as dicts)."""
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
+        """The config.json text: `to_dict`, sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod

@@ -45,8 +45,11 @@ def test_read_config_names_a_corrupt_file(tmp_path):
 def test_from_dict_rejects_unknown_fields(config):
     values = config.to_dict()
     values["num_epochs"] = 3
-    with pytest.raises(ValueError, match=r"Unknown ExperimentConfig fields "
-                                         r"\['num_epochs'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown ExperimentConfig fields "
+        r"\['num_epochs'\]",
+    ):
         experiment.ExperimentConfig.from_dict(values)
     values = config.to_dict()
     values["data"]["path"] = "/x"
@@ -62,21 +65,29 @@ def test_from_dict_rejects_unknown_fields(config):
         ("checkpoint_every", 1.5, "checkpoint_every must be an int >= 1"),
         ("keep_checkpoints", 1, "keep_checkpoints must be an int >= 2"),
         ("seed", -1, "seed must be an int in"),
-        ("num_eval_tasks", 5, r"num_eval_tasks=5 is not a multiple of "
-                              r"meta_batch_size=2.*--num_eval_tasks to 4"),
+        (
+            "num_eval_tasks",
+            5,
+            r"num_eval_tasks=5 is not a multiple of "
+            r"meta_batch_size=2.*--num_eval_tasks to 4",
+        ),
     ],
 )
-def test_invalid_values_fail_with_the_value_and_a_fix(config, field, value,
-                                                      message):
+def test_invalid_values_fail_with_the_value_and_a_fix(
+    config, field, value, message
+):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(config, **{field: value})
 
 
 def test_learner_image_shape_must_match_the_data(config):
     learner = experiments.tiny_learner(image_shape=(28, 28, 1))
-    with pytest.raises(ValueError, match=r"image_shape=\(28, 28, 1\) does "
-                                         r"not match the synthetic images "
-                                         r"\(16, 16, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"image_shape=\(28, 28, 1\) does "
+        r"not match the synthetic images "
+        r"\(16, 16, 1\)",
+    ):
         dataclasses.replace(config, learner=learner)
 
 
@@ -85,8 +96,13 @@ def test_episode_config_takes_queries_and_seed_from_the_experiment(config):
         config, seed=7, learner=experiments.tiny_learner(num_queries=3)
     )
     episode = config.episode_config()
-    assert (episode.num_ways, episode.num_shots, episode.num_queries,
-            episode.meta_batch_size, episode.seed) == (2, 1, 3, 2, 7)
+    assert (
+        episode.num_ways,
+        episode.num_shots,
+        episode.num_queries,
+        episode.meta_batch_size,
+        episode.seed,
+    ) == (2, 1, 3, 2, 7)
     assert episode.augment_rotations is False  # Synthetic: no rotations.
     omniglot = dataclasses.replace(
         config,

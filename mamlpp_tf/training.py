@@ -1,0 +1,365 @@
+"""`train_and_evaluate`: meta-train, validate, checkpoint, test.
+
+The run directory:
+
+    config.json         the resolved ExperimentConfig, written before step 1
+    checkpoints/        ckpt-<global step>: the full training state
+    top_k/              index.json and epoch_XXX/: the best epochs' weights
+    metrics.csv         one row per epoch
+    tensorboard/        TensorBoard events
+    test_summary.json   the test protocol's result
+
+Exact resume: the training task stream restarts at the saved task index,
+the schedules are pure functions of the epoch, and the checkpoint holds the
+optimizer state, so a run interrupted and resumed computes the same
+meta-steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import keras
+import tensorflow as tf
+
+from mamlpp_tf import checkpointing
+from mamlpp_tf import data as data_lib
+from mamlpp_tf import distribute
+from mamlpp_tf import evaluation
+from mamlpp_tf import experiment
+from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import reporting
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint.
+
+    Attributes:
+      signum: the signal received.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a request polled by the loop.
+
+    The first signal sets `signum`; the loop checkpoints and stops after
+    the current meta-step. A second signal stops at once (KeyboardInterrupt).
+    """
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "Not in the main thread: SIGINT/SIGTERM will stop "
+                "training without a final checkpoint."
+            )
+            return self
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame  # Unused.
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "Received %s: saving a checkpoint after the current step, then "
+            "stopping. Send it again to stop at once.",
+            signal.Signals(signum).name,
+        )
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def interrupted(self, where: str, workdir) -> TrainingInterrupted:
+        name = signal.Signals(self.signum).name
+        return TrainingInterrupted(
+            self.signum,
+            f"Stopped by {name} {where}; the checkpoint is in {workdir}. "
+            "Rerun the same command to resume.",
+        )
+
+
+@dataclasses.dataclass
+class _Run:
+    """The pieces of one training run, built once."""
+
+    config: experiment.ExperimentConfig
+    workdir: pathlib.Path
+    learner: learner_lib.MetaLearner
+    splits: dict
+    strategy: tf.distribute.Strategy | None
+    checkpoint: checkpointing.TrainCheckpoint
+    top_k: checkpointing.TopKStore
+    metrics: reporting.MetricsCsv
+    reporter: reporting.Reporter
+    stop: _StopSignals
+
+    def batches(self, split: str, **kwargs):
+        return distribute.episode_batches(
+            self.strategy,
+            self.splits[split],
+            self.config.episode_config(),
+            split=split,
+            **kwargs,
+        )
+
+    def eval_batches(self, split: str):
+        return self.batches(split, num_tasks=self.config.num_eval_tasks)
+
+
+def _train_epoch(
+    run: _Run, progress: checkpointing.Progress, batches
+) -> checkpointing.Progress:
+    """Runs the rest of `progress.epoch`; returns the progress at its end."""
+    config, learner = run.config, run.learner
+    per_epoch = config.iterations_per_epoch
+    epoch = progress.epoch
+    start = time.perf_counter() - progress.seconds
+    for iteration in range(progress.iteration, per_epoch):
+        metrics = learner.train_step(next(batches), epoch)
+        progress = checkpointing.Progress(
+            epoch=epoch,
+            iteration=iteration + 1,
+            next_task=progress.next_task + config.learner.meta_batch_size,
+            num_skipped_steps=learner.num_skipped_steps,
+            loss_sum=progress.loss_sum + float(metrics["loss"]),
+            accuracy_sum=progress.accuracy_sum + float(metrics["accuracy"]),
+            seconds=time.perf_counter() - start,
+        )
+        global_step = epoch * per_epoch + iteration + 1
+        run.reporter.step(
+            metrics,
+            epoch=epoch,
+            iteration=iteration + 1,
+            global_step=global_step,
+        )
+        if run.stop.signum is not None:
+            run.checkpoint.save(progress, step=global_step)
+            raise run.stop.interrupted(
+                f"at epoch {epoch}, iteration {iteration + 1}", run.workdir
+            )
+        if (
+            global_step % config.checkpoint_every == 0
+            and iteration + 1 < per_epoch
+        ):
+            run.checkpoint.save(progress, step=global_step)
+    return progress
+
+
+def _end_epoch(
+    run: _Run, progress: checkpointing.Progress
+) -> checkpointing.Progress:
+    """Validates, updates the top-k and the logs, checkpoints."""
+    config, learner, epoch = run.config, run.learner, progress.epoch
+    start = time.perf_counter()
+    val = evaluation.evaluate_batches(learner, run.eval_batches("val"))
+    val_seconds = time.perf_counter() - start
+    run.top_k.update(
+        checkpointing.TopKEntry(
+            epoch=epoch, val_accuracy=val.accuracy_mean, val_loss=val.loss
+        )
+    )
+    meta_lr = learner.set_epoch(epoch)
+    per_epoch = config.iterations_per_epoch
+    run.metrics.append(
+        {
+            "epoch": epoch,
+            "train_loss": progress.loss_sum / per_epoch,
+            "train_accuracy": progress.accuracy_sum / per_epoch,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy_mean,
+            "val_accuracy_ci95": val.accuracy_ci95,
+            "meta_lr": meta_lr,
+            "seconds": round(progress.seconds + val_seconds, 3),
+        }
+    )
+    global_step = (epoch + 1) * per_epoch
+    run.reporter.epoch_end(
+        learner,
+        epoch=epoch,
+        global_step=global_step,
+        val_result=val,
+        meta_lr=meta_lr,
+    )
+    progress = checkpointing.Progress(
+        epoch=epoch + 1,
+        next_task=progress.next_task,
+        num_skipped_steps=progress.num_skipped_steps,
+    )
+    run.checkpoint.save(progress, step=global_step)
+    return progress
+
+
+def _train(run: _Run, progress: checkpointing.Progress) -> None:
+    """Trains from `progress` to the last epoch."""
+    batches = iter(run.batches("train", start_task=progress.next_task))
+    for _ in range(progress.epoch, run.config.learner.total_epochs):
+        progress = _train_epoch(run, progress, batches)
+        progress = _end_epoch(run, progress)
+        if run.stop.signum is not None:
+            raise run.stop.interrupted(
+                f"after epoch {progress.epoch - 1}", run.workdir
+            )
+
+
+def _test(run: _Run) -> dict:
+    """The top-k ensemble on the fixed test tasks; writes the summary."""
+    config = run.config
+    summary = evaluation.evaluate_top_k(
+        run.learner,
+        run.top_k,
+        lambda: run.eval_batches("test"),
+        split="test",
+        num_inner_steps=config.learner.num_eval_inner_steps,
+        top_k_ensemble=config.top_k_ensemble,
+        should_stop=lambda: run.stop.signum is not None,
+    )
+    if summary is None:
+        raise run.stop.interrupted("during the test", run.workdir)
+    path = evaluation.write_summary(summary, run.workdir)
+    log.info(
+        "Test: top-%d ensemble %.4f +- %.4f, single best (epoch %d) "
+        "%.4f +- %.4f over %d tasks. Wrote %s.",
+        len(summary["ensemble_epochs"]),
+        summary["test_accuracy_mean"],
+        summary["test_accuracy_ci95"],
+        summary["single_best_epoch"],
+        summary["single_best_accuracy_mean"],
+        summary["single_best_accuracy_ci95"],
+        summary["num_test_tasks"],
+        path,
+    )
+    return summary
+
+
+def _check_workdir(
+    config: experiment.ExperimentConfig, workdir: pathlib.Path
+) -> None:
+    """Raises unless `workdir` is new or holds a resumable run of `config`."""
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(
+            f"workdir {str(workdir)!r} exists and is not a "
+            "folder; pass a folder path."
+        )
+    saved = experiment.read_config(workdir)
+    if saved is not None:
+        experiment.check_resumable(saved, config, workdir)
+
+
+def _load_data(config: experiment.ExperimentConfig) -> dict:
+    """Every split, checked against the task shape before any step."""
+    splits = data_lib.load_splits(config.data)
+    episode = config.episode_config()
+    for split, class_images in splits.items():
+        data_lib.validate_episode_feasible(class_images, episode, split)
+    return splits
+
+
+def train_and_evaluate(
+    config: experiment.ExperimentConfig,
+    workdir: str | os.PathLike,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool = False,
+) -> dict:
+    """Trains `config` in `workdir`, then runs the test protocol.
+
+    A workdir holding a checkpoint resumes from it. Rerunning with the same workdir continues from the newest readable
+    checkpoint; a finished run only (re)writes the missing test summary.
+
+    Args:
+      config: the experiment.
+      workdir: the run directory (created if needed).
+      strategy: the `tf.distribute.Strategy` to run on; None for the
+        default. With several replicas every global batch is split across
+        them.
+      jit_compile: compile the meta-steps with XLA.
+
+    Returns:
+      The test summary (also in `workdir/test_summary.json`).
+
+    Raises:
+      TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
+      ValueError: the workdir holds an incompatible experiment, or bad
+        data or settings (before anything is written).
+      FileNotFoundError: the data is missing.
+      NonFiniteLossError: training diverged.
+    """
+    workdir = pathlib.Path(workdir)
+    _check_workdir(config, workdir)
+    log.info("Experiment config:\n%s", config.to_json())
+    splits = _load_data(config)
+    keras.utils.set_random_seed(config.seed)
+    learner = learner_lib.MetaLearner(
+        config.learner, jit_compile=jit_compile, strategy=strategy
+    )
+    experiment.write_config(config, workdir)
+    checkpoint = checkpointing.TrainCheckpoint(
+        learner, workdir, keep=config.keep_checkpoints
+    )
+    progress = checkpoint.restore_latest() or checkpointing.Progress()
+    total = config.learner.total_epochs
+    if progress.epoch > total:
+        raise ValueError(
+            f"{str(workdir)!r} has already trained {progress.epoch} epochs, "
+            f"more than total_epochs={total}. Set --total_epochs to "
+            f"{progress.epoch} or more."
+        )
+    summary_path = workdir / evaluation.SUMMARY_FILENAME.format(split="test")
+    if progress.epoch == total and summary_path.exists():
+        log.info(
+            "%s has finished training and testing; see %s.",
+            workdir,
+            summary_path,
+        )
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    top_k = checkpointing.TopKStore(learner, workdir, k=config.top_k_ensemble)
+    top_k.discard_from(progress.epoch)
+    metrics = reporting.MetricsCsv(workdir)
+    metrics.truncate(progress.epoch)
+    reporter = reporting.Reporter(workdir, config)
+    try:
+        with _StopSignals() as stop:
+            run = _Run(
+                config,
+                workdir,
+                learner,
+                splits,
+                strategy,
+                checkpoint,
+                top_k,
+                metrics,
+                reporter,
+                stop,
+            )
+            if progress.epoch < total:
+                log.info(
+                    "Training from epoch %d, iteration %d.",
+                    progress.epoch,
+                    progress.iteration,
+                )
+                _train(run, progress)
+            return _test(run)
+    finally:
+        reporter.close()

@@ -1,0 +1,222 @@
+"""train_and_evaluate: the run directory, exact resume, signals, refusals."""
+
+import csv
+import dataclasses
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import experiments
+from mamlpp_tf import checkpointing
+from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import training
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def config(tfds_dir):
+    return experiments.tiny_config(tfds_dir)
+
+
+@pytest.fixture(scope="module")
+def finished(config, tmp_path_factory):
+    """(workdir, summary) of an uninterrupted run."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, training.train_and_evaluate(config, workdir)
+
+
+def _final_state(config, workdir):
+    """(progress, every variable) of the newest checkpoint in `workdir`."""
+    learner = learner_lib.MetaLearner(config.learner)
+    progress = checkpointing.TrainCheckpoint(
+        learner, workdir, keep=config.keep_checkpoints
+    ).restore_latest()
+    variables = (
+        learner.model.variables
+        + learner.inner_rates.variables
+        + learner.optimizer.variables
+    )
+    return progress, [np.array(v) for v in variables]
+
+
+def _metrics(workdir):
+    """metrics.csv without the wall-clock column."""
+    with open(workdir / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in row.items() if k != "seconds"}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _files(workdir):
+    return {
+        p.relative_to(workdir): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _fail_at_step(monkeypatch, step, fail):
+    """Calls `fail()` right after the `step`-th meta-step has run."""
+    original = learner_lib.MetaLearner.train_step
+    calls = []
+
+    def train_step(self, batch, epoch):
+        metrics = original(self, batch, epoch)
+        calls.append(epoch)
+        if len(calls) == step:
+            fail()
+        return metrics
+
+    monkeypatch.setattr(learner_lib.MetaLearner, "train_step", train_step)
+
+
+class _Killed(Exception):
+    """Stands in for SIGKILL: the process ends without checkpointing."""
+
+
+def _kill():
+    raise _Killed
+
+
+def test_the_run_directory_holds_what_the_readme_lists(config, finished):
+    workdir, summary = finished
+    names = sorted(p.name for p in workdir.iterdir())
+    assert names == [
+        "checkpoints",
+        "config.json",
+        "metrics.csv",
+        "tensorboard",
+        "test_summary.json",
+        "top_k",
+    ]
+    rows = _metrics(workdir)
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert summary["num_test_tasks"] == config.num_eval_tasks
+    assert summary["ensemble_epochs"] and summary["num_eval_inner_steps"] == 2
+    # 3 meta-steps per epoch, checkpoint_every=2: steps 2, 3, 4, 6 saved
+    # (step 6 is the end), keep_checkpoints=3 keeps the newest three.
+    assert sorted(
+        p.name for p in (workdir / "checkpoints").glob("*.index")
+    ) == ["ckpt-3.index", "ckpt-4.index", "ckpt-6.index"]
+
+
+def test_tensorboard_gets_losses_rates_msl_weights_and_meta_lr(finished):
+    workdir = finished[0]
+    tags = set()
+    for path in (workdir / "tensorboard").glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "train/per_step_accuracy/step_1",
+        "val/accuracy",
+        "val/per_step_accuracy/step_0",
+        "meta_lr",
+        "msl_weights/step_0",
+        "inner_lr/conv0/kernel/step_1",
+        "inner_lr/dense/bias/step_0",
+    ):
+        assert tag in tags
+
+
+def test_killed_and_stopped_run_ends_like_the_uninterrupted_run(
+    config, finished, tmp_path, monkeypatch
+):
+    # 3 meta-steps per epoch, checkpoints after steps 2, 3 (epoch end), 4.
+    # Step 3 runs, then the process dies before checkpointing it: the
+    # rerun restarts from step 2 and redoes step 3.
+    _fail_at_step(monkeypatch, 3, _kill)
+    with pytest.raises(_Killed):
+        training.train_and_evaluate(config, tmp_path)
+    progress, _ = _final_state(config, tmp_path)
+    assert (progress.epoch, progress.iteration) == (0, 2)
+
+    # The rerun gets SIGTERM during its 2nd step (step 4, epoch 1): it
+    # finishes that step, checkpoints it and stops.
+    monkeypatch.undo()
+    handler_before = signal.getsignal(signal.SIGTERM)
+    _fail_at_step(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(
+        training.TrainingInterrupted,
+        match="Stopped by SIGTERM at epoch 1, iteration 1; "
+        ".*Rerun the same command",
+    ) as stopped:
+        training.train_and_evaluate(config, tmp_path)
+    assert stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    progress, _ = _final_state(config, tmp_path)
+    assert (progress.epoch, progress.iteration, progress.next_task) == (1, 1, 8)
+    assert not (tmp_path / "test_summary.json").exists()
+
+    monkeypatch.undo()
+    summary = training.train_and_evaluate(config, tmp_path)
+
+    _assert_same_run(config, finished, tmp_path, summary)
+
+
+def _assert_same_run(config, finished, workdir, summary):
+    reference_dir, reference_summary = finished
+    progress, state = _final_state(config, workdir)
+    reference_progress, reference_state = _final_state(config, reference_dir)
+    assert dataclasses.replace(progress, seconds=0) == dataclasses.replace(
+        reference_progress, seconds=0
+    )
+    for got, want in zip(state, reference_state, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert _metrics(workdir) == _metrics(reference_dir)
+    assert summary == reference_summary
+
+
+def test_rerunning_a_finished_run_returns_its_summary(config, finished):
+    workdir, summary = finished
+    before = _files(workdir)
+    assert training.train_and_evaluate(config, workdir) == summary
+    after = _files(workdir)
+    # config.json is rewritten with the same content; nothing else moves.
+    assert after == before
+
+
+def test_an_incompatible_workdir_is_refused_and_left_untouched(
+    config, finished
+):
+    workdir = finished[0]
+    before = _files(workdir)
+    other = dataclasses.replace(
+        config,
+        learner=experiments.tiny_learner(
+            num_inner_steps=3, num_eval_inner_steps=3
+        ),
+    )
+    with pytest.raises(
+        ValueError,
+        match="holds a different experiment: "
+        "learner.num_eval_inner_steps: 2 in "
+        "config.json, 3 now",
+    ):
+        training.train_and_evaluate(other, workdir)
+    assert _files(workdir) == before
+
+
+def test_raising_total_epochs_extends_a_finished_run(
+    config, finished, tmp_path
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished[0], workdir)
+    longer = dataclasses.replace(
+        config, learner=dataclasses.replace(config.learner, total_epochs=3)
+    )
+    summary = training.train_and_evaluate(longer, workdir)
+    assert [r["epoch"] for r in _metrics(workdir)] == ["0", "1", "2"]
+    assert _metrics(workdir)[:2] == _metrics(finished[0])
+    progress, _ = _final_state(longer, workdir)
+    assert progress.epoch == 3
+    assert set(summary["ensemble_epochs"]) <= {0, 1, 2}
