@@ -1,0 +1,48 @@
+"""Subprocess: runs an exported SavedModel with TensorFlow alone.
+
+    python run_saved_model.py EXPORT_DIR TASK.npz OUT.npz
+
+TASK.npz holds support_x, support_y, query_x. Writes OUT.npz with the
+logits of both signatures, and prints one JSON line: the mamlpp modules
+this process imported (there must be none) and the signature names.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+# The packages this process must not import. (An editable install adds a
+# `__editable___mamlpp_tf_*_finder` import hook at startup: not the library.)
+MAMLPP_PACKAGES = ("mamlpp_tf", "mamlpp_tf_scripts")
+
+
+def main(export_dir, task_path, out_path):
+    task = np.load(task_path)
+    model = tf.saved_model.load(export_dir)
+    adapt = model.signatures["adapt_and_predict"](
+        support_x=tf.constant(task["support_x"]),
+        support_y=tf.constant(task["support_y"]),
+        query_x=tf.constant(task["query_x"]),
+    )["logits"]
+    predict = model.signatures["predict"](query_x=tf.constant(task["query_x"]))[
+        "logits"
+    ]
+    np.savez(out_path, adapt_and_predict=adapt.numpy(), predict=predict.numpy())
+    print(
+        json.dumps(
+            {
+                "mamlpp_modules": sorted(
+                    m
+                    for m in sys.modules
+                    if m.split(".")[0] in MAMLPP_PACKAGES
+                ),
+                "signatures": sorted(model.signatures),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
