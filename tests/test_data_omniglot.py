@@ -240,3 +240,25 @@ def test_download_urls_have_registered_checksums():
     for url in omniglot.DOWNLOAD_URLS.values():
         assert len(infos[url].checksum) == 64, url  # sha256 hex digest
         assert infos[url].size > 1_000_000, url
+
+
+def test_without_data_dir_the_official_archives_are_used(
+    fake_dir, tmp_path, monkeypatch
+):
+    requested = []
+
+    def extracted(self, urls):
+        requested.append(dict(urls))
+        # Each archive unzips to a folder holding images_<subset>/.
+        return {subset: str(fake_dir) for subset in urls}
+
+    monkeypatch.setattr(
+        tfds.download.DownloadManager, "download_and_extract", extracted
+    )
+    config = DataConfig(dataset="omniglot", tfds_data_dir=str(tmp_path))
+    splits = load_splits(config)
+    assert requested == [omniglot.DOWNLOAD_URLS]
+    assert sum(s.num_classes for s in splits.values()) == 18
+    assert loading.make_builder(config).builder_config.name == (
+        "reference_seed0_official"
+    )

@@ -23,6 +23,7 @@ import pathlib
 import pickle
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from mamlpp_tf.data import config as config_lib
@@ -250,6 +251,11 @@ def read_pickle_split(path: pathlib.Path) -> list[tuple[str, np.ndarray]]:
     Raises:
       ValueError: the file does not hold the expected dict.
     """
+    logging.warning(
+        "Unpickling %s (allow_pickle=True): this runs code stored in the "
+        "file; only use pickles you trust.",
+        path,
+    )
     with open(path, "rb") as f:
         # latin1 reads the Python 2 pickles that are widely shared.
         data = pickle.load(f, encoding="latin1")
