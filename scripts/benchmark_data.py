@@ -85,10 +85,11 @@ def _episodes_per_second(splits, config, split):
         batch = next(iterator)
     elapsed = time.perf_counter() - start
     shapes = {k: tuple(v.shape) for k, v in batch.items()}
-    tasks = _NUM_BATCHES.value * config.meta_batch_size / elapsed
+    batches = _NUM_BATCHES.value / elapsed
+    tasks = batches * config.meta_batch_size
     print(
-        f"  {split:5s} {tasks:8.0f} tasks/s ({tasks / config.meta_batch_size:.0f}"
-        f" batches/s); pipeline built in {build_s:.2f} s, first batch "
+        f"  {split:5s} {tasks:8.0f} tasks/s ({batches:.0f} batches/s); "
+        f"pipeline built in {build_s:.2f} s, first batch "
         f"{first_s:.2f} s; {shapes}"
     )
 

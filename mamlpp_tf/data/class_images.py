@@ -146,7 +146,9 @@ class ClassImages:
         result = cls(
             images=images, class_offsets=offsets, class_names=tuple(class_names)
         )
-        result.images_tensor  # Shares the memory; must precede read-only.
+        # DLPack cannot export a read-only array: share the memory first
+        # (the tensor is cached on `result`), then freeze it.
+        _ = result.images_tensor
         images.flags.writeable = False
         return result
 
