@@ -14,6 +14,9 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mamlpp_tf", "mamlpp_tf.*"])
     + ["mamlpp_tf_scripts"],
     package_dir={"mamlpp_tf_scripts": "scripts"},
+    # The sha256 sums of the Omniglot archives that downloads are checked
+    # against.
+    package_data={"mamlpp_tf.data": ["checksums.tsv"]},
     install_requires=[
         # Tested: TF 2.21.0 with Keras 3.15.1 (see BUILD.md).
         "tensorflow>=2.16,<2.22",
@@ -24,7 +27,11 @@ setuptools.setup(
         "pillow>=10",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # scripts/plot_learning_curves.py only.
+        "plots": ["matplotlib>=3.7"],
+    },
     entry_points={
         "console_scripts": [
             "mamlpp-train=mamlpp_tf_scripts.train:run",
