@@ -8,6 +8,7 @@ checkpoints and the training loop live elsewhere.
 from __future__ import annotations
 
 import logging
+import numbers
 
 import keras
 import numpy as np
@@ -318,7 +319,18 @@ class MetaLearner:
     # -- Evaluation and adaptation ---------------------------------------
 
     def _eval_steps(self, num_inner_steps):
-        steps = num_inner_steps or self.config.num_eval_inner_steps
+        if num_inner_steps is None:
+            steps = self.config.num_eval_inner_steps
+        elif (isinstance(num_inner_steps, numbers.Integral)
+              and not isinstance(num_inner_steps, bool)
+              and num_inner_steps >= 1):
+            steps = int(num_inner_steps)
+        else:
+            raise ValueError(
+                f"num_inner_steps must be None (the config's "
+                f"num_eval_inner_steps) or an int >= 1, got "
+                f"{num_inner_steps!r}."
+            )
         if steps > self.config.num_inner_steps and not self._warned_extra_steps:
             self._warned_extra_steps = True
             log.warning(

@@ -446,6 +446,19 @@ def test_eval_with_more_inner_steps_than_trained_warns_once(caplog):
     assert len(warnings) == 1
 
 
+@pytest.mark.parametrize("num_inner_steps", [0, -1, 1.0, True])
+def test_eval_rejects_impossible_numbers_of_inner_steps(num_inner_steps):
+    # 0 used to fall back silently to num_eval_inner_steps.
+    config = _config()
+    learner = mamlpp_tf.MetaLearner(config)
+    batch = _batch(config)
+    with pytest.raises(ValueError, match="num_inner_steps must be None"):
+        learner.eval_step(batch, num_inner_steps=num_inner_steps)
+    with pytest.raises(ValueError, match="num_inner_steps must be None"):
+        learner.adapt(batch["support_x"][0], batch["support_y"][0],
+                      num_inner_steps=num_inner_steps)
+
+
 @pytest.mark.parametrize("num_inner_steps", [None, NUM_STEPS + 1])
 def test_adapt_and_predict_agree_with_eval_step(num_inner_steps):
     config = _config(bn_mode="per_step_running")
