@@ -263,7 +263,7 @@ class TopKStore:
         """Loads the weights kept for `epoch` into the learner.
 
         Raises:
-          ValueError: `epoch` is not kept.
+          ValueError: `epoch` is not kept, or its weights cannot be read.
         """
         kept = [e.epoch for e in self.entries]
         if epoch not in kept:
@@ -272,4 +272,10 @@ class TopKStore:
                 f"in {self.directory}."
             )
         prefix = str(self._folder(epoch) / WEIGHTS_PREFIX)
-        self._checkpoint.read(prefix).assert_existing_objects_matched()
+        try:
+            self._checkpoint.read(prefix).assert_existing_objects_matched()
+        except _UNREADABLE as error:
+            raise ValueError(
+                f"The top-k weights of epoch {epoch} ({prefix}) cannot be "
+                f"read: {type(error).__name__}: {error}"
+            ) from error

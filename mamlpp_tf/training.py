@@ -285,8 +285,8 @@ def train_and_evaluate(
 ) -> dict:
     """Trains `config` in `workdir`, then runs the test protocol.
 
-    A workdir holding a checkpoint resumes from it. Rerunning with the same workdir continues from the newest readable
-    checkpoint; a finished run only (re)writes the missing test summary.
+    A workdir holding checkpoints resumes from the newest readable one; a
+    finished run only writes its test summary if that is missing.
 
     Args:
       config: the experiment.
@@ -308,13 +308,17 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     _check_workdir(config, workdir)
-    log.info("Experiment config:\n%s", config.to_json())
     splits = _load_data(config)
     keras.utils.set_random_seed(config.seed)
     learner = learner_lib.MetaLearner(
         config.learner, jit_compile=jit_compile, strategy=strategy
     )
     experiment.write_config(config, workdir)
+    log.info(
+        "Experiment config (in %s):\n%s",
+        workdir / "config.json",
+        config.to_json(),
+    )
     checkpoint = checkpointing.TrainCheckpoint(
         learner, workdir, keep=config.keep_checkpoints
     )

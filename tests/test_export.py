@@ -1,47 +1,17 @@
 """The SavedModel: runs with TensorFlow alone, predicts like the library."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from helpers import experiments
+from helpers import run_saved_model
 from mamlpp_tf import data as data_lib
 from mamlpp_tf import experiment
 from mamlpp_tf import export
 from mamlpp_tf import learner as learner_lib
-
-RUN_SAVED_MODEL = (
-    pathlib.Path(__file__).parent / "helpers" / ("run_saved_model.py")
-)
-
-
-def run_saved_model(export_dir, task: dict, tmp_path) -> dict:
-    """Both signatures' logits on `task`, in a TensorFlow-only process."""
-    task_path, out_path = tmp_path / "task.npz", tmp_path / "out.npz"
-    np.savez(task_path, **task)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(RUN_SAVED_MODEL),
-            str(export_dir),
-            str(task_path),
-            str(out_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["mamlpp_modules"] == []
-    assert report["signatures"] == ["adapt_and_predict", "predict"]
-    return dict(np.load(out_path))
 
 
 def library_logits(learner, task: dict) -> dict:
@@ -102,11 +72,7 @@ def test_saved_model_predicts_like_the_library_without_it(
         json.loads(json.dumps(metadata))
     )
 
-    served = run_saved_model(
-        export_dir,
-        {k: task[k] for k in ("support_x", "support_y", "query_x")},
-        tmp_path,
-    )
+    served = run_saved_model.run_in_subprocess(export_dir, task, tmp_path)
 
     expected = library_logits(learner, task)
     np.testing.assert_allclose(

@@ -1,4 +1,6 @@
-"""Subprocess: runs an exported SavedModel with TensorFlow alone.
+"""Runs an exported SavedModel in a process with TensorFlow alone.
+
+As a script (what `run_in_subprocess` starts):
 
     python run_saved_model.py EXPORT_DIR TASK.npz OUT.npz
 
@@ -8,6 +10,8 @@ this process imported (there must be none) and the signature names.
 """
 
 import json
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +20,7 @@ import tensorflow as tf
 # The packages this process must not import. (An editable install adds a
 # `__editable___mamlpp_tf_*_finder` import hook at startup: not the library.)
 MAMLPP_PACKAGES = ("mamlpp_tf", "mamlpp_tf_scripts")
+TASK_KEYS = ("support_x", "support_y", "query_x")
 
 
 def main(export_dir, task_path, out_path):
@@ -34,14 +39,40 @@ def main(export_dir, task_path, out_path):
         json.dumps(
             {
                 "mamlpp_modules": sorted(
-                    m
-                    for m in sys.modules
-                    if m.split(".")[0] in MAMLPP_PACKAGES
+                    m for m in sys.modules if m.split(".")[0] in MAMLPP_PACKAGES
                 ),
                 "signatures": sorted(model.signatures),
             }
         )
     )
+
+
+def run_in_subprocess(export_dir, task: dict, tmp_path) -> dict:
+    """Both signatures' logits on `task`, in a TensorFlow-only process.
+
+    Asserts that the process imported no mamlpp module and that the model
+    has exactly the two signatures.
+    """
+    task_path, out_path = tmp_path / "task.npz", tmp_path / "out.npz"
+    np.savez(task_path, **{k: task[k] for k in TASK_KEYS})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(pathlib.Path(__file__)),
+            str(export_dir),
+            str(task_path),
+            str(out_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["mamlpp_modules"] == []
+    assert report["signatures"] == ["adapt_and_predict", "predict"]
+    return dict(np.load(out_path))
 
 
 if __name__ == "__main__":

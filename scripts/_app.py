@@ -1,0 +1,88 @@
+"""What the apps share: runtime flags and one-line errors.
+
+Exit codes of every app:
+  0    done.
+  1    absl rejected the command line (an unknown flag, a missing flagfile
+       or required flag, a value out of a flag's range), or training
+       failed (a non-finite loss for too many consecutive steps).
+  2    the flags parse but describe a bad request: contradictory
+       settings, a missing data dir, a workdir holding another experiment,
+       an empty workdir, a non-empty export dir. The workdir is unchanged.
+  130  stopped by SIGINT; 143 stopped by SIGTERM (128 + the signal). The
+       training app saved a checkpoint first: rerun the same command.
+"""
+
+import os
+import signal
+import sys
+
+# TensorFlow's C++ INFO lines drown the progress lines; keep its warnings.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+import mamlpp_tf  # noqa: E402
+from mamlpp_tf import distribute  # noqa: E402
+from mamlpp_tf import training  # noqa: E402
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+# Shells report a process stopped by signal N as 128 + N.
+SIGNAL_EXIT_BASE = 128
+
+
+def define_runtime_flags():
+    """Defines --strategy and --jit_compile, for the apps that run steps.
+
+    Returns:
+      A function () -> `distribute.RuntimeConfig` to call after parsing.
+    """
+    strategy = flags.DEFINE_enum(
+        "strategy",
+        "default",
+        distribute.STRATEGIES,
+        "tf.distribute strategy: default (one device), one_device, "
+        "mirrored, multi_worker or tpu.",
+    )
+    jit_compile = flags.DEFINE_bool(
+        "jit_compile", False, "Compile the meta-steps with XLA."
+    )
+
+    def runtime_config() -> distribute.RuntimeConfig:
+        return distribute.RuntimeConfig(
+            strategy=strategy.value, jit_compile=jit_compile.value
+        )
+
+    return runtime_config
+
+
+def _fail(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run(main):
+    """`app.run(main)`, with expected failures as one line, not a traceback.
+
+    Args:
+      main: the app's main(argv).
+    """
+
+    def guarded_main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        try:
+            return main(argv)
+        except training.TrainingInterrupted as interrupted:
+            logging.warning("%s", interrupted)
+            sys.exit(SIGNAL_EXIT_BASE + interrupted.signum)
+        except KeyboardInterrupt:
+            _fail("interrupted.", SIGNAL_EXIT_BASE + signal.SIGINT)
+        except mamlpp_tf.NonFiniteLossError as error:
+            _fail(str(error), EXIT_FAILED)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            _fail(str(error), EXIT_BAD_INPUT)
+
+    app.run(guarded_main)

@@ -1,0 +1,292 @@
+"""Meta-trains MAML / MAML++, validates every epoch, then tests.
+
+  mamlpp-train --flagfile=flags/maml++_omniglot_5way_1shot.cfg \
+      --data_dir=../shared/data/omniglot --workdir=runs/omniglot_5w1s
+
+Flags after --flagfile override it. Rerunning the same command resumes from
+the latest checkpoint; SIGINT/SIGTERM checkpoint and stop (exit 130/143).
+"""
+
+from absl import flags
+
+try:  # First: it quiets TensorFlow's C++ logs before TensorFlow loads.
+    from mamlpp_tf_scripts import _app
+except ImportError:  # Run as `python scripts/train.py`.
+    import _app
+
+from mamlpp_tf import MetaLearnerConfig
+from mamlpp_tf import data
+from mamlpp_tf import distribute
+from mamlpp_tf import experiment
+from mamlpp_tf import training
+
+_DEFAULT = MetaLearnerConfig()
+
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, data.DATASETS, "The images to learn from.", required=True
+)
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Raw data folder. Omniglot: holds images_background/ and "
+    "images_evaluation/ (unset: download them). mini_imagenet: holds "
+    "{train,val,test}.csv and the images. synthetic: leave unset.",
+)
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir",
+    None,
+    "Where the prepared splits are cached (unset: $TFDS_DATA_DIR or "
+    "~/tensorflow_datasets).",
+)
+_SPLIT_SCHEME = flags.DEFINE_enum(
+    "split_scheme",
+    "reference",
+    ("reference", "lake"),
+    "Omniglot class split: 'reference' (the authors' 1150/50/423 shuffle) "
+    "or 'lake' (background vs evaluation alphabets).",
+)
+_ALLOW_PICKLE = flags.DEFINE_bool(
+    "allow_pickle",
+    False,
+    "Read mini-ImageNet pickles (runs code stored in them: trusted files "
+    "only).",
+)
+_NUM_QUERIES = flags.DEFINE_integer(
+    "num_queries",
+    None,
+    "Query examples per class (unset: the dataset's protocol, 1 for "
+    "Omniglot, 15 for mini-ImageNet).",
+    lower_bound=1,
+)
+_NUM_EVAL_INNER_STEPS = flags.DEFINE_integer(
+    "num_eval_inner_steps",
+    None,
+    "Inner steps at validation and test (unset: --num_inner_steps).",
+    lower_bound=1,
+)
+_META_GRAD_CLIP = flags.DEFINE_float(
+    "meta_grad_clip",
+    None,
+    "Clip every meta-gradient element to [-v, v] (unset: no clipping).",
+    lower_bound=0.0,
+)
+
+# MetaLearnerConfig fields set directly from the flag of the same name.
+_LEARNER = {
+    "num_ways": flags.DEFINE_integer(
+        "num_ways", _DEFAULT.num_ways, "Classes per task (N).", lower_bound=2
+    ),
+    "num_shots": flags.DEFINE_integer(
+        "num_shots",
+        _DEFAULT.num_shots,
+        "Support examples per class (K).",
+        lower_bound=1,
+    ),
+    "meta_batch_size": flags.DEFINE_integer(
+        "meta_batch_size",
+        _DEFAULT.meta_batch_size,
+        "Tasks per meta-step.",
+        lower_bound=1,
+    ),
+    "num_filters": flags.DEFINE_integer(
+        "num_filters",
+        _DEFAULT.num_filters,
+        "Channels of each of the 4 conv stages.",
+        lower_bound=1,
+    ),
+    "num_inner_steps": flags.DEFINE_integer(
+        "num_inner_steps",
+        _DEFAULT.num_inner_steps,
+        "Inner SGD steps per task in training.",
+        lower_bound=1,
+    ),
+    "inner_lr_init": flags.DEFINE_float(
+        "inner_lr_init",
+        _DEFAULT.inner_lr_init,
+        "Inner learning rate: fixed, or the initial LSLR value.",
+    ),
+    "learn_inner_lr": flags.DEFINE_bool(
+        "learn_inner_lr",
+        _DEFAULT.learn_inner_lr,
+        "LSLR: learn an inner learning rate per layer and step.",
+    ),
+    "multi_step_loss": flags.DEFINE_bool(
+        "multi_step_loss",
+        _DEFAULT.multi_step_loss,
+        "MSL: weight the query loss of every inner step, annealed to the "
+        "last step over --msl_epochs.",
+    ),
+    "msl_epochs": flags.DEFINE_integer(
+        "msl_epochs",
+        _DEFAULT.msl_epochs,
+        "Epochs over which MSL anneals.",
+        lower_bound=1,
+    ),
+    "second_order": flags.DEFINE_bool(
+        "second_order",
+        _DEFAULT.second_order,
+        "Differentiate through the inner gradients (second-order MAML).",
+    ),
+    "first_order_to_second_order_epoch": flags.DEFINE_integer(
+        "first_order_to_second_order_epoch",
+        _DEFAULT.first_order_to_second_order_epoch,
+        "DA: first order while epoch <= this; -1: second order from the "
+        "start (the authors' configs).",
+        lower_bound=-1,
+    ),
+    "per_step_bn_statistics": flags.DEFINE_bool(
+        "per_step_bn_statistics",
+        _DEFAULT.per_step_bn_statistics,
+        "BNRS: one set of BN running statistics per inner step.",
+    ),
+    "per_step_bn_weights": flags.DEFINE_bool(
+        "per_step_bn_weights",
+        _DEFAULT.per_step_bn_weights,
+        "BNWB: one BN gamma/beta per inner step.",
+    ),
+    "bn_mode": flags.DEFINE_enum(
+        "bn_mode",
+        _DEFAULT.bn_mode,
+        ("transductive", "per_step_running"),
+        "BN at evaluation: batch statistics ('transductive', the authors' "
+        "code) or the per-step running statistics.",
+    ),
+    "cosine_annealing": flags.DEFINE_bool(
+        "cosine_annealing",
+        _DEFAULT.cosine_annealing,
+        "CA: cosine-anneal the meta lr from --meta_lr to --min_meta_lr.",
+    ),
+    "meta_lr": flags.DEFINE_float(
+        "meta_lr", _DEFAULT.meta_lr, "Adam learning rate."
+    ),
+    "min_meta_lr": flags.DEFINE_float(
+        "min_meta_lr",
+        _DEFAULT.min_meta_lr,
+        "The meta lr that CA reaches at --total_epochs.",
+    ),
+    "total_epochs": flags.DEFINE_integer(
+        "total_epochs",
+        _DEFAULT.total_epochs,
+        "Training epochs; may be raised to extend a run.",
+        lower_bound=1,
+    ),
+}
+
+_ITERATIONS_PER_EPOCH = flags.DEFINE_integer(
+    "iterations_per_epoch", 500, "Meta-steps per epoch.", lower_bound=1
+)
+_NUM_EVAL_TASKS = flags.DEFINE_integer(
+    "num_eval_tasks",
+    data.NUM_EVAL_TASKS,
+    "Fixed validation tasks per epoch, and fixed test tasks.",
+    lower_bound=1,
+)
+_TOP_K_ENSEMBLE = flags.DEFINE_integer(
+    "top_k_ensemble",
+    5,
+    "Test with the mean logits of the k best epochs by validation.",
+    lower_bound=1,
+)
+_SEED = flags.DEFINE_integer(
+    "seed",
+    0,
+    "Training seed: initial weights and the training tasks.",
+    lower_bound=0,
+)
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every",
+    100,
+    "Also checkpoint every this many meta-steps (and at every epoch end).",
+    lower_bound=1,
+)
+_KEEP_CHECKPOINTS = flags.DEFINE_integer(
+    "keep_checkpoints", 3, "Training checkpoints kept.", lower_bound=2
+)
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 10, "Meta-steps between progress lines.", lower_bound=1
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "The run directory: config, checkpoints, metrics.",
+    required=True,
+)
+_RUNTIME_CONFIG = _app.define_runtime_flags()
+
+# A flag that does nothing unless its switch is on: setting it with the
+# switch off is a contradiction, reported rather than ignored.
+_NEEDS_SWITCH = {
+    "msl_epochs": "multi_step_loss",
+    "first_order_to_second_order_epoch": "second_order",
+    "min_meta_lr": "cosine_annealing",
+}
+
+
+def _check_contradictions() -> None:
+    for name, switch in _NEEDS_SWITCH.items():
+        if flags.FLAGS[name].present and not flags.FLAGS[switch].value:
+            raise ValueError(
+                f"--{name} has no effect with --{switch}=false. Remove "
+                f"--{name} or set --{switch}=true."
+            )
+
+
+def experiment_config() -> experiment.ExperimentConfig:
+    """The ExperimentConfig the flags describe."""
+    _check_contradictions()
+    data_config = data.DataConfig(
+        dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value,
+        tfds_data_dir=_TFDS_DATA_DIR.value,
+        split_scheme=_SPLIT_SCHEME.value,
+        allow_pickle=_ALLOW_PICKLE.value,
+    )
+    learner_values = {name: flag.value for name, flag in _LEARNER.items()}
+    protocol = data.episode_config_for(
+        _DATASET.value,
+        num_ways=learner_values["num_ways"],
+        num_shots=learner_values["num_shots"],
+        meta_batch_size=learner_values["meta_batch_size"],
+    )
+    learner_config = MetaLearnerConfig(
+        **learner_values,
+        num_queries=_NUM_QUERIES.value or protocol.num_queries,
+        num_eval_inner_steps=(
+            _NUM_EVAL_INNER_STEPS.value or learner_values["num_inner_steps"]
+        ),
+        image_shape=data.image_shape_for(data_config),
+        meta_grad_clip=_META_GRAD_CLIP.value,
+    )
+    return experiment.ExperimentConfig(
+        learner=learner_config,
+        data=data_config,
+        iterations_per_epoch=_ITERATIONS_PER_EPOCH.value,
+        num_eval_tasks=_NUM_EVAL_TASKS.value,
+        top_k_ensemble=_TOP_K_ENSEMBLE.value,
+        seed=_SEED.value,
+        checkpoint_every=_CHECKPOINT_EVERY.value,
+        keep_checkpoints=_KEEP_CHECKPOINTS.value,
+        log_every=_LOG_EVERY.value,
+    )
+
+
+def main(argv):
+    """Runs the app; `argv` holds no positional arguments (checked)."""
+    del argv
+    config = experiment_config()
+    runtime = _RUNTIME_CONFIG()
+    training.train_and_evaluate(
+        config,
+        _WORKDIR.value,
+        strategy=distribute.make_strategy(runtime),
+        jit_compile=runtime.jit_compile,
+    )
+
+
+def run():
+    """The `mamlpp-train` console script."""
+    _app.run(main)
+
+
+if __name__ == "__main__":
+    run()
