@@ -204,6 +204,34 @@ def test_every_variable_gets_a_finite_nonzero_gradient(preset, overrides):
         assert np.any(grad.numpy() != 0), f"{name} gets no gradient"
 
 
+def test_mixed_precision_is_validated():
+    with pytest.raises(ValueError, match="mixed_precision must be None or "
+                                         "'bfloat16', got 'float16'"):
+        mamlpp_tf.MetaLearner(_config(), mixed_precision="float16")
+    with pytest.raises(ValueError, match="needs dtype='float32'"):
+        mamlpp_tf.MetaLearner(_config(dtype="float64"),
+                              mixed_precision="bfloat16")
+
+
+def test_bfloat16_matmuls_keep_float32_state_and_close_gradients():
+    config = _config(mamlpp_tf.first_order_maml)
+    plain = mamlpp_tf.MetaLearner(config)
+    mixed = mamlpp_tf.MetaLearner(config, mixed_precision="bfloat16")
+    _copy_weights(plain, mixed)
+    batch = _batch(config)
+    loss, grads = plain.compute_meta_gradients(batch, epoch=0)
+    mixed_loss, mixed_grads = mixed.compute_meta_gradients(batch, epoch=0)
+    assert all(v.dtype == "float32" for v in mixed.trainable_variables)
+    assert all(g.dtype == tf.float32 for g in mixed_grads)
+    np.testing.assert_allclose(mixed_loss, loss, rtol=0.05)
+    assert float(mixed_loss) != float(loss)  # It did run in bfloat16.
+    flat = np.concatenate([g.numpy().ravel() for g in grads])
+    mixed_flat = np.concatenate([g.numpy().ravel() for g in mixed_grads])
+    cosine = flat @ mixed_flat / np.linalg.norm(flat) / np.linalg.norm(
+        mixed_flat)
+    assert cosine > 0.95
+
+
 # -- Updates ---------------------------------------------------------------
 
 

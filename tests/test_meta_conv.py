@@ -77,10 +77,23 @@ def test_traces_once_under_tf_function():
 
 
 def test_get_config_round_trips():
-    layer = MetaConv2D(4, kernel_size=5, strides=2)
+    layer = MetaConv2D(4, kernel_size=5, strides=2, matmul_dtype="bfloat16")
     layer.build((None, 5, 5, 2))
     clone = conformance.assert_config_round_trips(layer, _call, _inputs())
     assert (clone.filters, clone.kernel_size, clone.strides) == (4, 5, 2)
+    assert clone.matmul_dtype == "bfloat16"
+
+
+def test_bfloat16_matmuls_keep_the_layer_dtype_and_stay_close():
+    layer = _built()
+    mixed = MetaConv2D(4, matmul_dtype="bfloat16")
+    mixed.build((None, 5, 5, 2))
+    mixed.set_weights(layer.get_weights())
+    x = _inputs()
+    got = mixed(x)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got, layer(x), rtol=0.05, atol=0.05)
+    assert not np.array_equal(got, layer(x))  # It did run in bfloat16.
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):

@@ -52,8 +52,22 @@ def test_traces_once_under_tf_function():
 
 
 def test_get_config_round_trips():
-    clone = conformance.assert_config_round_trips(_built(), _call, _inputs())
-    assert clone.units == 2
+    layer = MetaDense(2, matmul_dtype="bfloat16")
+    layer.build((None, 6))
+    clone = conformance.assert_config_round_trips(layer, _call, _inputs())
+    assert (clone.units, clone.matmul_dtype) == (2, "bfloat16")
+
+
+def test_bfloat16_matmul_keeps_the_layer_dtype_and_stays_close():
+    layer = _built()
+    mixed = MetaDense(2, matmul_dtype="bfloat16")
+    mixed.build((None, 6))
+    mixed.set_weights(layer.get_weights())
+    x = _inputs()
+    got = mixed(x)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got, layer(x), rtol=0.05, atol=0.05)
+    assert not np.array_equal(got, layer(x))  # It did run in bfloat16.
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):

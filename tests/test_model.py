@@ -221,6 +221,7 @@ def test_get_config_round_trips():
         num_ways=3, num_filters=2, num_stages=1, downsampling="strided",
         num_weight_slots=2, num_statistics_slots=3,
         use_running_statistics=True, bn_momentum=0.2, bn_epsilon=1e-3,
+        matmul_dtype="bfloat16",
     )
     model(_images(), step=0)
     clone = conformance.assert_config_round_trips(model, _call_eval,
@@ -229,6 +230,8 @@ def test_get_config_round_trips():
     assert clone.norms[0].moving_mean.shape == (3, 2)
     assert (clone.norms[0].momentum, clone.norms[0].epsilon) == (0.2, 1e-3)
     assert clone.convs[0].strides == 2
+    assert clone.convs[0].matmul_dtype == "bfloat16"
+    assert clone.classifier.matmul_dtype == "bfloat16"
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):
