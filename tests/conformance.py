@@ -25,8 +25,9 @@ def assert_config_round_trips(layer, call, x):
     assert clone.get_config() == config
     call(clone, x)  # Builds it.
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(call(clone, x), call(layer, x), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        call(clone, x), call(layer, x), rtol=1e-6, atol=1e-6
+    )
     return clone
 
 
@@ -41,5 +42,4 @@ def assert_saved_model_matches(layer, call, x, directory):
     expected = module.call(x).numpy()
     tf.saved_model.save(module, str(directory))
     loaded = tf.saved_model.load(str(directory))
-    np.testing.assert_allclose(loaded.call(x), expected, rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.call(x), expected, rtol=1e-6, atol=1e-6)

@@ -17,45 +17,64 @@ FIELDS = [f.name for f in dataclasses.fields(mamlpp_tf.MetaLearnerConfig)]
 # (overrides, what the message must say: the field, and how to fix it).
 INVALID = [
     ({"num_ways": 1}, r"num_ways must be >= 2 .*got 1.*--num_ways"),
-    ({"num_inner_steps": 0}, r"num_inner_steps must be >= 1, got 0.*"
-                             r"--num_inner_steps"),
+    (
+        {"num_inner_steps": 0},
+        (
+            r"num_inner_steps must be >= 1, got 0.*"
+            r"--num_inner_steps"
+        ),
+    ),
     ({"num_shots": 1.5}, r"num_shots must be an int, got 1\.5 \(float\)"),
     ({"meta_batch_size": True}, r"meta_batch_size must be an int, got True"),
     ({"image_shape": (28, 28)}, r"image_shape must be \(H, W, C\)"),
-    ({"image_shape": (8, 8, 1), "num_stages": 4},
-     r"image_shape \(8, 8, 1\) is too small for 4 stages.*at least 16x16"
-     r".*Lower num_stages"),
+    (
+        {"image_shape": (8, 8, 1), "num_stages": 4},
+        (
+            r"image_shape \(8, 8, 1\) is too small for 4 stages.*at least 16x16"
+            r".*Lower num_stages"
+        ),
+    ),
     ({"downsampling": "avg_pool"}, r"downsampling must be one of .*'avg_pool'"),
     ({"bn_mode": "running"}, r"bn_mode must be one of .*'running'"),
     ({"dtype": "float16"}, r"dtype must be one of .*'float16'"),
     ({"inner_lr_init": 0.0}, r"inner_lr_init must be > 0, got 0\.0"),
     ({"meta_lr": -1e-3}, r"meta_lr must be > 0"),
-    ({"meta_lr": 1e-4, "min_meta_lr": 1e-3},
-     r"min_meta_lr must be in \(0, meta_lr=0\.0001\], got 0\.001.*"
-     r"Lower --min_meta_lr or raise --meta_lr"),
+    (
+        {"meta_lr": 1e-4, "min_meta_lr": 1e-3},
+        (
+            r"min_meta_lr must be in \(0, meta_lr=0\.0001\], got 0\.001.*"
+            r"Lower --min_meta_lr or raise --meta_lr"
+        ),
+    ),
     ({"bn_momentum": 0.0}, r"bn_momentum must be in \(0, 1\], got 0\.0"),
     ({"bn_epsilon": 0.0}, r"bn_epsilon must be > 0"),
     ({"adam_beta2": 1.0}, r"adam_beta2 must be in \[0, 1\), got 1\.0"),
-    ({"first_order_to_second_order_epoch": -2},
-     r"first_order_to_second_order_epoch must be >= -1 .*got -2"),
+    (
+        {"first_order_to_second_order_epoch": -2},
+        r"first_order_to_second_order_epoch must be >= -1 .*got -2",
+    ),
     ({"meta_grad_clip": 0.0}, r"meta_grad_clip must be None or > 0"),
     ({"max_nonfinite_steps": 0}, r"max_nonfinite_steps must be >= 1"),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", INVALID)
-def test_invalid_configs_raise_naming_the_field_and_the_fix(overrides,
-                                                            message):
+def test_invalid_configs_raise_naming_the_field_and_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
         mamlpp_tf.MetaLearnerConfig(**overrides)
 
 
 def test_defaults_and_presets_are_valid():
-    for preset in (mamlpp_tf.maml, mamlpp_tf.first_order_maml,
-                   mamlpp_tf.mamlpp):
+    for preset in (
+        mamlpp_tf.maml,
+        mamlpp_tf.first_order_maml,
+        mamlpp_tf.mamlpp,
+    ):
         assert isinstance(preset(), mamlpp_tf.MetaLearnerConfig)
     assert set(config_lib.PRESETS.values()) == {
-        mamlpp_tf.maml, mamlpp_tf.first_order_maml, mamlpp_tf.mamlpp
+        mamlpp_tf.maml,
+        mamlpp_tf.first_order_maml,
+        mamlpp_tf.mamlpp,
     }
 
 
@@ -103,8 +122,12 @@ def test_config_is_frozen_and_keyword_only():
 
 def test_json_round_trip_gives_an_equal_config():
     config = mamlpp_tf.mamlpp(
-        num_ways=3, image_shape=(5, 5, 2), num_stages=2, meta_grad_clip=10.0,
-        bn_mode="per_step_running", dtype="float64",
+        num_ways=3,
+        image_shape=(5, 5, 2),
+        num_stages=2,
+        meta_grad_clip=10.0,
+        bn_mode="per_step_running",
+        dtype="float64",
     )
     values = json.loads(config.to_json())
     assert isinstance(values["image_shape"], list)  # What JSON gives back.
@@ -119,9 +142,11 @@ def test_from_dict_rejects_unknown_fields_by_name():
     values = dataclasses.asdict(mamlpp_tf.maml())
     values["num_update_steps"] = 5
     values["inner_lr"] = 0.1
-    with pytest.raises(ValueError,
-                       match=r"Unknown MetaLearnerConfig fields "
-                             r"\['inner_lr', 'num_update_steps'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown MetaLearnerConfig fields "
+        r"\['inner_lr', 'num_update_steps'\]",
+    ):
         mamlpp_tf.MetaLearnerConfig.from_dict(values)
 
 

@@ -33,16 +33,19 @@ def test_rates_start_at_init_lr_one_per_step():
 def test_weight_names_hold_no_slash():
     layer = InnerLearningRates(NAMES, num_steps=2, init_lr=0.1)
     assert [w.name for w in layer.trainable_weights] == [
-        "conv0-kernel", "conv0-bias", "dense-kernel"
+        "conv0-kernel",
+        "conv0-bias",
+        "dense-kernel",
     ]
 
 
-@pytest.mark.parametrize("step,expected", [(0, 1.1), (1, 1.2), (2, 1.3),
-                                           (5, 1.3)])
-def test_rate_of_a_step_reuses_the_last_past_the_trained_steps(step,
-                                                               expected):
-    np.testing.assert_allclose(_rates().rate("conv0/bias", step), expected,
-                               rtol=1e-6)
+@pytest.mark.parametrize(
+    "step,expected", [(0, 1.1), (1, 1.2), (2, 1.3), (5, 1.3)]
+)
+def test_rate_of_a_step_reuses_the_last_past_the_trained_steps(step, expected):
+    np.testing.assert_allclose(
+        _rates().rate("conv0/bias", step), expected, rtol=1e-6
+    )
 
 
 def test_rate_reads_given_tensors_instead_of_the_variables():
@@ -52,8 +55,7 @@ def test_rate_reads_given_tensors_instead_of_the_variables():
 
 
 def test_dtype_follows_the_layer():
-    layer = InnerLearningRates(NAMES, num_steps=2, init_lr=0.1,
-                               dtype="float64")
+    layer = InnerLearningRates(NAMES, num_steps=2, init_lr=0.1, dtype="float64")
     assert layer.rate("conv0/kernel", 0).dtype == tf.float64
 
 

@@ -50,17 +50,23 @@ def _rate(rates):
     return lambda name, step: rates[step]
 
 
-def _run(rates, *, second_order, loss_weights=None, use_outer_tape=True,
-         calls=None):
+def _run(
+    rates, *, second_order, loss_weights=None, use_outer_tape=True, calls=None
+):
     """(result, d loss/d w, d loss/d rates) of the toy inner loop."""
     w = tf.constant(W0, tf.float64)
     rates = tf.constant(rates, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([w, rates])
         result = inner_loop.run_inner_loop(
-            _toy_forward(calls), _rate(rates), {"w": w}, _task(),
-            num_steps=int(rates.shape[0]), adapted_names=["w"],
-            second_order=second_order, training=True,
+            _toy_forward(calls),
+            _rate(rates),
+            {"w": w},
+            _task(),
+            num_steps=int(rates.shape[0]),
+            adapted_names=["w"],
+            second_order=second_order,
+            training=True,
             loss_weights=loss_weights,
             outer_tape=tape if use_outer_tape else None,
         )
@@ -79,12 +85,16 @@ def _closed_form(rates):
 
 
 def test_inner_update_is_one_sgd_step_with_per_tensor_rates():
-    params = {"w": tf.constant(2.0), "v": tf.constant(3.0),
-              "frozen": tf.constant(5.0)}
+    params = {
+        "w": tf.constant(2.0),
+        "v": tf.constant(3.0),
+        "frozen": tf.constant(5.0),
+    }
     grads = {"w": tf.constant(1.0), "v": tf.constant(-2.0)}
     rates = {("w", 3): 0.1, ("v", 3): 0.5}
-    updated = inner_loop.inner_update(params, grads,
-                                      lambda n, s: rates[(n, s)], 3)
+    updated = inner_loop.inner_update(
+        params, grads, lambda n, s: rates[(n, s)], 3
+    )
     np.testing.assert_allclose(updated["w"], 1.9)
     np.testing.assert_allclose(updated["v"], 4.0)
     assert updated["frozen"] is params["frozen"]  # Not adapted.
@@ -106,12 +116,14 @@ def test_quadratic_meta_gradient_matches_closed_form(second_order):
         grad = inner.gradient(inner_loss, w)
         if not second_order:
             grad = tf.stop_gradient(grad)
-        fast = inner_loop.inner_update({"w": w}, {"w": grad},
-                                       lambda n, s: alpha, 0)
+        fast = inner_loop.inner_update(
+            {"w": w}, {"w": grad}, lambda n, s: alpha, 0
+        )
         outer_loss = b * fast["w"] ** 2 / 2
     power = 2 if second_order else 1
-    np.testing.assert_allclose(outer.gradient(outer_loss, w),
-                               b * (1 - alpha * a) ** power * 1.5)
+    np.testing.assert_allclose(
+        outer.gradient(outer_loss, w), b * (1 - alpha * a) ** power * 1.5
+    )
 
 
 def test_second_order_meta_gradient_matches_closed_form():
@@ -122,26 +134,37 @@ def test_second_order_meta_gradient_matches_closed_form():
     np.testing.assert_allclose(result.loss, _softplus(ws[2] * B), rtol=1e-12)
     np.testing.assert_allclose(result.fast_weights["w"], ws[2], rtol=1e-12)
     np.testing.assert_allclose(grad_w, outer * jac[0] * jac[1], rtol=1e-10)
-    np.testing.assert_allclose(grad_rates, [
-        outer * jac[1] * -_sigmoid(ws[0] * A) * A,
-        outer * -_sigmoid(ws[1] * A) * A,
-    ], rtol=1e-10)
+    np.testing.assert_allclose(
+        grad_rates,
+        [
+            outer * jac[1] * -_sigmoid(ws[0] * A) * A,
+            outer * -_sigmoid(ws[1] * A) * A,
+        ],
+        rtol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("use_outer_tape", [True, False])
 def test_first_order_meta_gradient_matches_the_stop_gradient_formula(
-        use_outer_tape):
+    use_outer_tape,
+):
     rates = [0.5, 0.8]
-    result, grad_w, grad_rates = _run(rates, second_order=False,
-                                      use_outer_tape=use_outer_tape)
+    result, grad_w, grad_rates = _run(
+        rates, second_order=False, use_outer_tape=use_outer_tape
+    )
     ws, _ = _closed_form(rates)
     outer = _sigmoid(ws[2] * B) * B
     np.testing.assert_allclose(result.loss, _softplus(ws[2] * B), rtol=1e-12)
     np.testing.assert_allclose(grad_w, outer, rtol=1e-10)
     # The LSLR rates still learn: d w2 / d alpha_k = -grad_k (stopped).
-    np.testing.assert_allclose(grad_rates, [
-        outer * -_sigmoid(ws[0] * A) * A, outer * -_sigmoid(ws[1] * A) * A,
-    ], rtol=1e-10)
+    np.testing.assert_allclose(
+        grad_rates,
+        [
+            outer * -_sigmoid(ws[0] * A) * A,
+            outer * -_sigmoid(ws[1] * A) * A,
+        ],
+        rtol=1e-10,
+    )
     _, second_order_grad_w, _ = _run(rates, second_order=True)
     assert abs(grad_w - second_order_grad_w) > 1e-3
 
@@ -153,12 +176,17 @@ def test_multi_step_loss_weights_the_query_loss_of_every_step():
     ws, jac = _closed_form(rates)
     step_losses = [_softplus(ws[1] * B), _softplus(ws[2] * B)]
     np.testing.assert_allclose(result.step_losses, step_losses, rtol=1e-12)
-    np.testing.assert_allclose(result.loss, 0.3 * step_losses[0]
-                               + 0.7 * step_losses[1], rtol=1e-12)
-    np.testing.assert_allclose(grad_w, (
-        0.3 * _sigmoid(ws[1] * B) * B * jac[0]
-        + 0.7 * _sigmoid(ws[2] * B) * B * jac[0] * jac[1]
-    ), rtol=1e-10)
+    np.testing.assert_allclose(
+        result.loss, 0.3 * step_losses[0] + 0.7 * step_losses[1], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        grad_w,
+        (
+            0.3 * _sigmoid(ws[1] * B) * B * jac[0]
+            + 0.7 * _sigmoid(ws[2] * B) * B * jac[0] * jac[1]
+        ),
+        rtol=1e-10,
+    )
 
 
 @pytest.mark.parametrize("loss_weights", [None, [0.0, 1.0]])
@@ -166,11 +194,13 @@ def test_final_step_only_skips_earlier_query_losses(loss_weights):
     if loss_weights is not None:
         loss_weights = tf.constant(loss_weights, tf.float64)
     rates = [0.5, 0.8]
-    result, grad_w, _ = _run(rates, second_order=True,
-                             loss_weights=loss_weights)
+    result, grad_w, _ = _run(
+        rates, second_order=True, loss_weights=loss_weights
+    )
     ws, jac = _closed_form(rates)
-    np.testing.assert_allclose(result.step_losses,
-                               [0.0, _softplus(ws[2] * B)], rtol=1e-12)
+    np.testing.assert_allclose(
+        result.step_losses, [0.0, _softplus(ws[2] * B)], rtol=1e-12
+    )
     np.testing.assert_allclose(
         grad_w, _sigmoid(ws[2] * B) * B * jac[0] * jac[1], rtol=1e-10
     )
@@ -188,12 +218,19 @@ def test_accuracy_is_measured_after_every_step():
 
 def test_step_k_runs_support_then_query_through_slot_k():
     calls = []
-    _run([0.5, 0.8, 0.2], second_order=True,
-         loss_weights=tf.constant([0.2, 0.3, 0.5], tf.float64), calls=calls)
+    _run(
+        [0.5, 0.8, 0.2],
+        second_order=True,
+        loss_weights=tf.constant([0.2, 0.3, 0.5], tf.float64),
+        calls=calls,
+    )
     assert calls == [
-        (A, 0, True), (B, 0, True),
-        (A, 1, True), (B, 1, True),
-        (A, 2, True), (B, 2, True),
+        (A, 0, True),
+        (B, 0, True),
+        (A, 1, True),
+        (B, 1, True),
+        (A, 2, True),
+        (B, 2, True),
     ]
 
 
@@ -203,7 +240,8 @@ def test_cross_entropy_and_accuracy_match_numpy():
     log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(
         inner_loop.cross_entropy(tf.constant(logits), tf.constant(labels)),
-        -np.mean(log_probs[[0, 1], labels]), rtol=1e-12,
+        -np.mean(log_probs[[0, 1], labels]),
+        rtol=1e-12,
     )
     np.testing.assert_allclose(
         inner_loop.accuracy(tf.constant(logits), tf.constant(labels)), 0.5

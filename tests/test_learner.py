@@ -13,8 +13,7 @@ import pytest
 import tensorflow as tf
 
 import mamlpp_tf
-from mamlpp_tf import inner_loop
-from mamlpp_tf import schedules
+from mamlpp_tf import inner_loop, schedules
 
 SHAPE = (5, 5, 2)
 NUM_STEPS = 2
@@ -29,12 +28,20 @@ def _seed():
 
 
 def _config(preset=mamlpp_tf.mamlpp, **overrides):
-    values = dict(
-        num_ways=2, num_shots=1, num_queries=1, meta_batch_size=2,
-        image_shape=SHAPE, num_filters=3, num_stages=2,
-        num_inner_steps=NUM_STEPS, num_eval_inner_steps=NUM_STEPS,
-        first_order_to_second_order_epoch=-1, msl_epochs=3, total_epochs=10,
-    )
+    values = {
+        "num_ways": 2,
+        "num_shots": 1,
+        "num_queries": 1,
+        "meta_batch_size": 2,
+        "image_shape": SHAPE,
+        "num_filters": 3,
+        "num_stages": 2,
+        "num_inner_steps": NUM_STEPS,
+        "num_eval_inner_steps": NUM_STEPS,
+        "first_order_to_second_order_epoch": -1,
+        "msl_epochs": 3,
+        "total_epochs": 10,
+    }
     values.update(overrides)
     return preset(**values)
 
@@ -45,15 +52,20 @@ def _batch(config, tasks=2, seed=0):
     n, dtype = config.num_ways, config.dtype
 
     def labels(per_class):
-        return np.stack([np.repeat(rng.permutation(n), per_class)
-                         for _ in range(tasks)]).astype(np.int32)
+        return np.stack(
+            [np.repeat(rng.permutation(n), per_class) for _ in range(tasks)]
+        ).astype(np.int32)
 
     return {
-        "support_x": tf.constant(rng.normal(
-            size=(tasks, n * config.num_shots, *SHAPE)).astype(dtype)),
+        "support_x": tf.constant(
+            rng.normal(size=(tasks, n * config.num_shots, *SHAPE)).astype(dtype)
+        ),
         "support_y": tf.constant(labels(config.num_shots)),
-        "query_x": tf.constant(rng.normal(
-            size=(tasks, n * config.num_queries, *SHAPE)).astype(dtype)),
+        "query_x": tf.constant(
+            rng.normal(size=(tasks, n * config.num_queries, *SHAPE)).astype(
+                dtype
+            )
+        ),
         "query_y": tf.constant(labels(config.num_queries)),
     }
 
@@ -63,13 +75,17 @@ def _values(variables):
 
 
 def _bn_statistics(learner):
-    return [v.numpy().copy() for norm in learner.norm_layers
-            for v in (norm.moving_mean, norm.moving_variance)]
+    return [
+        v.numpy().copy()
+        for norm in learner.norm_layers
+        for v in (norm.moving_mean, norm.moving_variance)
+    ]
 
 
 def _copy_weights(source, target):
-    for src, dst in zip(source.trainable_variables,
-                        target.trainable_variables, strict=True):
+    for src, dst in zip(
+        source.trainable_variables, target.trainable_variables, strict=True
+    ):
         dst.assign(src)
 
 
@@ -88,35 +104,46 @@ def _finite_difference_gradients(learner, batch, epoch, delta=1e-6):
                 moved = start.copy()
                 moved[index] += sign * delta
                 variable.assign(moved)
-                values.append(float(learner.compute_meta_gradients(
-                    batch, epoch)[0]))
+                values.append(
+                    float(learner.compute_meta_gradients(batch, epoch)[0])
+                )
             grad[index] = (values[0] - values[1]) / (2 * delta)
         variable.assign(start)
         grads.append(grad)
     return grads
 
 
-@pytest.mark.parametrize("overrides", [
-    # Every MAML++ part, MSL weights [0.5, 0.5] at epoch 0.
-    {},
-    # BN gamma/beta adapted too, strided convs, running-statistics mode.
-    {"adapt_bn_in_inner_loop": True, "downsampling": "strided",
-     "bn_mode": "per_step_running", "multi_step_loss": False},
-], ids=["mamlpp", "adapt_bn_strided"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # Every MAML++ part, MSL weights [0.5, 0.5] at epoch 0.
+        {},
+        # BN gamma/beta adapted too, strided convs, running-statistics mode.
+        {
+            "adapt_bn_in_inner_loop": True,
+            "downsampling": "strided",
+            "bn_mode": "per_step_running",
+            "multi_step_loss": False,
+        },
+    ],
+    ids=["mamlpp", "adapt_bn_strided"],
+)
 def test_second_order_meta_gradients_match_finite_differences(overrides):
     # Through the per-step batch norm: a stopped gradient of the mean
     # inside the variance (tf.nn.moments) makes the conv-bias entries
     # alone differ by orders of magnitude.
-    learner = mamlpp_tf.MetaLearner(_config(
-        dtype="float64", inner_lr_init=0.3, **overrides))
+    learner = mamlpp_tf.MetaLearner(
+        _config(dtype="float64", inner_lr_init=0.3, **overrides)
+    )
     batch = _batch(learner.config)
     _, grads = learner.compute_meta_gradients(batch, epoch=0)
     numerical = _finite_difference_gradients(learner, batch, epoch=0)
     names = learner.trainable_variable_names
     scale = max(np.abs(g).max() for g in numerical)
     for name, got, expected in zip(names, grads, numerical, strict=True):
-        np.testing.assert_allclose(got, expected, rtol=1e-4,
-                                   atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-4, atol=1e-6 * scale, err_msg=name
+        )
     for name, got in zip(names, grads, strict=True):
         if name.startswith("network/conv") and name.endswith("/bias"):
             # BN with batch statistics removes a conv bias entirely.
@@ -128,8 +155,9 @@ def _first_order_reference(learner, batch):
     fast weights, and d loss / d rate_k = -<grad at fast weights, support
     grad of step k>. Final-step loss only (MSL off)."""
     model, names = learner.model, learner.adapted_names
-    params = {n: tf.convert_to_tensor(v)
-              for n, v in model.named_variables().items()}
+    params = {
+        n: tf.convert_to_tensor(v) for n, v in model.named_variables().items()
+    }
     rates = {n: learner.inner_rates.rates[n].numpy() for n in names}
     num_tasks = int(batch["support_x"].shape[0])
     param_grads = {n: 0.0 for n in params}
@@ -139,63 +167,91 @@ def _first_order_reference(learner, batch):
         for step in range(NUM_STEPS):
             with tf.GradientTape() as tape:
                 tape.watch([fast[n] for n in names])
-                logits, _ = model.forward(batch["support_x"][t], step=step,
-                                          params=fast, training=True)
+                logits, _ = model.forward(
+                    batch["support_x"][t], step=step, params=fast, training=True
+                )
                 loss = inner_loop.cross_entropy(logits, batch["support_y"][t])
-            grads = dict(zip(names, tape.gradient(
-                loss, [fast[n] for n in names]), strict=True))
+            grads = dict(
+                zip(
+                    names,
+                    tape.gradient(loss, [fast[n] for n in names]),
+                    strict=True,
+                )
+            )
             support_grads.append(grads)
-            fast = {n: fast[n] - rates[n][step] * grads[n] if n in grads
-                    else fast[n] for n in fast}
+            fast = {
+                n: fast[n] - rates[n][step] * grads[n]
+                if n in grads
+                else fast[n]
+                for n in fast
+            }
         with tf.GradientTape() as tape:
             tape.watch(list(fast.values()))
-            logits, _ = model.forward(batch["query_x"][t],
-                                      step=NUM_STEPS - 1, params=fast,
-                                      training=True)
+            logits, _ = model.forward(
+                batch["query_x"][t],
+                step=NUM_STEPS - 1,
+                params=fast,
+                training=True,
+            )
             loss = inner_loop.cross_entropy(logits, batch["query_y"][t])
         query_grads = tape.gradient(loss, fast)
         for n in params:
             param_grads[n] += query_grads[n].numpy() / num_tasks
         for n in names:
             for step in range(NUM_STEPS):
-                rate_grads[n][step] -= np.sum(
-                    query_grads[n] * support_grads[step][n]) / num_tasks
-    return ([param_grads[n] for n in learner.network_names]
-            + [rate_grads[n] for n in learner.rate_names])
+                rate_grads[n][step] -= (
+                    np.sum(query_grads[n] * support_grads[step][n]) / num_tasks
+                )
+    return [param_grads[n] for n in learner.network_names] + [
+        rate_grads[n] for n in learner.rate_names
+    ]
 
 
 def test_first_order_gradients_match_the_stop_gradient_formula():
     # DA at epoch 0: first order at epoch 0, second order from epoch 1.
-    learner = mamlpp_tf.MetaLearner(_config(
-        dtype="float64", inner_lr_init=0.3, multi_step_loss=False,
-        first_order_to_second_order_epoch=0))
+    learner = mamlpp_tf.MetaLearner(
+        _config(
+            dtype="float64",
+            inner_lr_init=0.3,
+            multi_step_loss=False,
+            first_order_to_second_order_epoch=0,
+        )
+    )
     batch = _batch(learner.config)
     expected = _first_order_reference(learner, batch)
     _, first = learner.compute_meta_gradients(batch, epoch=0)
     names = learner.trainable_variable_names
     for name, got, want in zip(names, first, expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            got, want, rtol=1e-8, atol=1e-12, err_msg=name
+        )
     _, second = learner.compute_meta_gradients(batch, epoch=1)
     kernel = names.index("network/conv0/kernel")
     difference = np.linalg.norm(second[kernel] - first[kernel])
     assert difference > 1e-2 * np.linalg.norm(first[kernel])
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    (mamlpp_tf.maml, {}),
-    (mamlpp_tf.first_order_maml, {}),
-    # (mamlpp itself: the finite-difference test compares every entry.)
-    (mamlpp_tf.mamlpp, {"adapt_bn_in_inner_loop": True,
-                        "bn_mode": "per_step_running"}),
-], ids=["maml", "first_order_maml", "mamlpp_adapt_bn"])
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        (mamlpp_tf.maml, {}),
+        (mamlpp_tf.first_order_maml, {}),
+        # (mamlpp itself: the finite-difference test compares every entry.)
+        (
+            mamlpp_tf.mamlpp,
+            {"adapt_bn_in_inner_loop": True, "bn_mode": "per_step_running"},
+        ),
+    ],
+    ids=["maml", "first_order_maml", "mamlpp_adapt_bn"],
+)
 def test_every_variable_gets_a_finite_nonzero_gradient(preset, overrides):
     learner = mamlpp_tf.MetaLearner(_config(preset, **overrides))
     _, grads = learner.compute_meta_gradients(_batch(learner.config), 0)
     names = learner.trainable_variable_names
     assert len(grads) == len(learner.trainable_variables)
-    for name, grad, variable in zip(names, grads,
-                                    learner.trainable_variables, strict=True):
+    for name, grad, variable in zip(
+        names, grads, learner.trainable_variables, strict=True
+    ):
         assert grad is not None, name
         assert grad.shape == variable.shape, name
         assert np.all(np.isfinite(grad)), name
@@ -205,12 +261,15 @@ def test_every_variable_gets_a_finite_nonzero_gradient(preset, overrides):
 
 
 def test_mixed_precision_is_validated():
-    with pytest.raises(ValueError, match="mixed_precision must be None or "
-                                         "'bfloat16', got 'float16'"):
+    with pytest.raises(
+        ValueError,
+        match="mixed_precision must be None or 'bfloat16', got 'float16'",
+    ):
         mamlpp_tf.MetaLearner(_config(), mixed_precision="float16")
     with pytest.raises(ValueError, match="needs dtype='float32'"):
-        mamlpp_tf.MetaLearner(_config(dtype="float64"),
-                              mixed_precision="bfloat16")
+        mamlpp_tf.MetaLearner(
+            _config(dtype="float64"), mixed_precision="bfloat16"
+        )
 
 
 def test_bfloat16_matmuls_keep_float32_state_and_close_gradients():
@@ -227,8 +286,9 @@ def test_bfloat16_matmuls_keep_float32_state_and_close_gradients():
     assert float(mixed_loss) != float(loss)  # It did run in bfloat16.
     flat = np.concatenate([g.numpy().ravel() for g in grads])
     mixed_flat = np.concatenate([g.numpy().ravel() for g in mixed_grads])
-    cosine = flat @ mixed_flat / np.linalg.norm(flat) / np.linalg.norm(
-        mixed_flat)
+    cosine = (
+        flat @ mixed_flat / np.linalg.norm(flat) / np.linalg.norm(mixed_flat)
+    )
     assert cosine > 0.95
 
 
@@ -242,16 +302,18 @@ def test_train_step_moves_the_weights_and_the_lslr_rates():
     network = _values(learner.model.trainable_weights)
     metrics = learner.train_step(_batch(config), epoch=4)
     assert metrics["applied"]
-    for before, variable in zip(rates, learner.inner_rates.trainable_weights,
-                                strict=True):
+    for before, variable in zip(
+        rates, learner.inner_rates.trainable_weights, strict=True
+    ):
         if variable.name.startswith("conv") and variable.name.endswith("bias"):
             # BN removes a conv bias, so its support gradient and the
             # gradient of its rate vanish: these rates stay put.
             continue
         # Every step's rate moves.
         assert np.all(np.abs(before - variable.numpy()) > 0), variable.name
-    for before, variable in zip(network, learner.model.trainable_weights,
-                                strict=True):
+    for before, variable in zip(
+        network, learner.model.trainable_weights, strict=True
+    ):
         assert not np.array_equal(before, variable.numpy()), variable.name
     # The metrics.
     assert metrics["per_step_accuracy"].shape == (NUM_STEPS,)
@@ -259,8 +321,11 @@ def test_train_step_moves_the_weights_and_the_lslr_rates():
     assert metrics["accuracy"] == metrics["per_step_accuracy"][-1]
     assert np.isfinite(metrics["loss"])
     assert metrics["meta_lr"] == pytest.approx(schedules.meta_lr(config, 4))
-    np.testing.assert_allclose(float(learner.optimizer.learning_rate),
-                               schedules.meta_lr(config, 4), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(learner.optimizer.learning_rate),
+        schedules.meta_lr(config, 4),
+        rtol=1e-6,
+    )
 
 
 def test_train_step_rejects_a_batch_of_the_wrong_shape():
@@ -286,20 +351,23 @@ def test_meta_grad_clip_clips_network_gradients_not_lslr_rates():
     clip = 0.5 * min(largest_network, largest_rate)
 
     learner = mamlpp_tf.MetaLearner(
-        _config(adam_beta1=0.5, meta_grad_clip=float(clip)))
+        _config(adam_beta1=0.5, meta_grad_clip=float(clip))
+    )
     _copy_weights(probe, learner)
     learner.train_step(batch, epoch=0)
     # After one step Adam's first moment is (1 - beta1) * the gradient it
     # was given.
     applied = [m.numpy() / 0.5 for m in learner.optimizer._momentums]
-    for name, got, grad in zip(learner.trainable_variable_names, applied,
-                               grads, strict=True):
+    for name, got, grad in zip(
+        learner.trainable_variable_names, applied, grads, strict=True
+    ):
         if name.startswith("network/"):
             expected = np.clip(grad, -clip, clip)
         else:
             expected = grad
-        np.testing.assert_allclose(got, expected, rtol=1e-4,
-                                   atol=1e-6 * clip, err_msg=name)
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-4, atol=1e-6 * clip, err_msg=name
+        )
 
 
 # -- Non-finite steps ------------------------------------------------------
@@ -333,8 +401,9 @@ def test_a_non_finite_batch_is_skipped_and_consecutive_ones_raise():
     assert learner.train_step(good, epoch=0)["applied"]  # Resets the count.
     for _ in range(2):
         assert not learner.train_step(bad, epoch=0)["applied"]
-    with pytest.raises(mamlpp_tf.NonFiniteLossError,
-                       match="3 consecutive meta-steps"):
+    with pytest.raises(
+        mamlpp_tf.NonFiniteLossError, match="3 consecutive meta-steps"
+    ):
         learner.train_step(bad, epoch=0)
     assert learner.num_skipped_steps == 5
 
@@ -355,10 +424,15 @@ def _expected_running_statistics(learner, batch):
     """Slot k after one step from (zeros, ones): the support-pass moments
     of inner step k, averaged over the tasks, with momentum 0.1."""
     model, names = learner.model, learner.adapted_names
-    params = {n: tf.convert_to_tensor(v)
-              for n, v in model.named_variables().items()}
-    rate = learner._rate_fn({n: tf.convert_to_tensor(r)
-                             for n, r in learner.inner_rates.rates.items()})
+    params = {
+        n: tf.convert_to_tensor(v) for n, v in model.named_variables().items()
+    }
+    rate = learner._rate_fn(
+        {
+            n: tf.convert_to_tensor(r)
+            for n, r in learner.inner_rates.rates.items()
+        }
+    )
     num_tasks = int(batch["support_x"].shape[0])
     moments = np.zeros((NUM_STEPS, 2, 2, 3))  # [step, stage, mean/var, C]
     for t in range(num_tasks):
@@ -366,13 +440,18 @@ def _expected_running_statistics(learner, batch):
         for step in range(NUM_STEPS):
             with tf.GradientTape() as tape:
                 tape.watch([fast[n] for n in names])
-                logits, stages = model.forward(batch["support_x"][t],
-                                               step=step, params=fast,
-                                               training=True)
+                logits, stages = model.forward(
+                    batch["support_x"][t], step=step, params=fast, training=True
+                )
                 loss = inner_loop.cross_entropy(logits, batch["support_y"][t])
             moments[step] += np.array(stages) / num_tasks
-            grads = dict(zip(names, tape.gradient(
-                loss, [fast[n] for n in names]), strict=True))
+            grads = dict(
+                zip(
+                    names,
+                    tape.gradient(loss, [fast[n] for n in names]),
+                    strict=True,
+                )
+            )
             fast = inner_loop.inner_update(fast, grads, rate, step)
     expected = []
     for stage, count in enumerate(STAGE_COUNTS):
@@ -390,8 +469,9 @@ def test_train_step_moves_running_statistics_slot_k_in_step_k():
     learner.train_step(batch, epoch=0)
     got = _bn_statistics(learner)
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
-        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6,
-                                   err_msg=f"statistics {i}")
+        np.testing.assert_allclose(
+            g, e, rtol=1e-4, atol=1e-6, err_msg=f"statistics {i}"
+        )
     # The slots differ: each saw the weights of its own step.
     assert not np.allclose(got[0][0], got[0][1])
 
@@ -408,8 +488,9 @@ def test_snapshot_restores_the_statistics_and_does_not_alias():
     snapshot = learner.snapshot_bn_statistics()
     saved = _bn_statistics(learner)
     _shift_running_statistics(learner)
-    learner.norm_layers[0].update_statistics(1, tf.ones([3]), tf.ones([3]),
-                                             count=4)
+    learner.norm_layers[0].update_statistics(
+        1, tf.ones([3]), tf.ones([3]), count=4
+    )
     moved = _bn_statistics(learner)
     assert not any(np.allclose(a, b) for a, b in zip(saved, moved))
     # Changing the variables after the snapshot did not change it.
@@ -466,11 +547,15 @@ def test_eval_with_more_inner_steps_than_trained_warns_once(caplog):
     with caplog.at_level(logging.WARNING, logger="mamlpp_tf.learner"):
         for _ in range(2):
             metrics, logits = learner.eval_step(
-                batch, num_inner_steps=NUM_STEPS + 2)
+                batch, num_inner_steps=NUM_STEPS + 2
+            )
     assert metrics["per_step_accuracy"].shape == (NUM_STEPS + 2,)
     assert np.all(np.isfinite(logits))
-    warnings = [r for r in caplog.records
-                if "inner steps but 2 were trained" in r.getMessage()]
+    warnings = [
+        r
+        for r in caplog.records
+        if "inner steps but 2 were trained" in r.getMessage()
+    ]
     assert len(warnings) == 1
 
 
@@ -483,8 +568,11 @@ def test_eval_rejects_impossible_numbers_of_inner_steps(num_inner_steps):
     with pytest.raises(ValueError, match="num_inner_steps must be None"):
         learner.eval_step(batch, num_inner_steps=num_inner_steps)
     with pytest.raises(ValueError, match="num_inner_steps must be None"):
-        learner.adapt(batch["support_x"][0], batch["support_y"][0],
-                      num_inner_steps=num_inner_steps)
+        learner.adapt(
+            batch["support_x"][0],
+            batch["support_y"][0],
+            num_inner_steps=num_inner_steps,
+        )
 
 
 @pytest.mark.parametrize("num_inner_steps", [None, NUM_STEPS + 1])
@@ -495,13 +583,16 @@ def test_adapt_and_predict_agree_with_eval_step(num_inner_steps):
     batch = _batch(config)
     _, logits = learner.eval_step(batch, num_inner_steps=num_inner_steps)
     for t in range(2):
-        fast = learner.adapt(batch["support_x"][t], batch["support_y"][t],
-                             num_inner_steps=num_inner_steps)
+        fast = learner.adapt(
+            batch["support_x"][t],
+            batch["support_y"][t],
+            num_inner_steps=num_inner_steps,
+        )
         assert sorted(fast) == sorted(learner.adapted_names)
-        predicted = learner.predict(batch["query_x"][t], fast,
-                                    num_inner_steps=num_inner_steps)
-        np.testing.assert_allclose(predicted, logits[t], rtol=1e-4,
-                                   atol=1e-5)
+        predicted = learner.predict(
+            batch["query_x"][t], fast, num_inner_steps=num_inner_steps
+        )
+        np.testing.assert_allclose(predicted, logits[t], rtol=1e-4, atol=1e-5)
 
 
 # -- Every preset and every MAML++ part learns -----------------------------
@@ -521,50 +612,83 @@ class _PrototypeTasks:
 
     def batch(self, config, tasks=4):
         n, rng = config.num_ways, self._rng
-        out = {"support_x": [], "support_y": [], "query_x": [],
-               "query_y": []}
+        out = {"support_x": [], "support_y": [], "query_x": [], "query_y": []}
         for _ in range(tasks):
             classes = rng.choice(len(self._prototypes), n, replace=False)
             labels = rng.permutation(n)
-            for split, per_class in (("support", config.num_shots),
-                                     ("query", config.num_queries)):
-                images = (self._prototypes[classes][:, None]
-                          + self._noise * rng.normal(size=(n, per_class,
-                                                           *SHAPE)))
+            for split, per_class in (
+                ("support", config.num_shots),
+                ("query", config.num_queries),
+            ):
+                images = self._prototypes[classes][
+                    :, None
+                ] + self._noise * rng.normal(size=(n, per_class, *SHAPE))
                 out[f"{split}_x"].append(images.reshape(-1, *SHAPE))
                 out[f"{split}_y"].append(np.repeat(labels, per_class))
-        return {k: tf.constant(np.stack(v).astype(
-                    np.int32 if k.endswith("_y") else np.float32))
-                for k, v in out.items()}
+        return {
+            k: tf.constant(
+                np.stack(v).astype(np.int32 if k.endswith("_y") else np.float32)
+            )
+            for k, v in out.items()
+        }
 
 
 def _learning_config(preset, **overrides):
-    values = dict(num_ways=2, num_shots=1, num_queries=2, meta_batch_size=4,
-                  image_shape=SHAPE, num_filters=4, num_stages=2,
-                  num_inner_steps=NUM_STEPS, num_eval_inner_steps=NUM_STEPS,
-                  meta_lr=1e-2, min_meta_lr=1e-3, total_epochs=NUM_EPOCHS,
-                  msl_epochs=3)
+    values = {
+        "num_ways": 2,
+        "num_shots": 1,
+        "num_queries": 2,
+        "meta_batch_size": 4,
+        "image_shape": SHAPE,
+        "num_filters": 4,
+        "num_stages": 2,
+        "num_inner_steps": NUM_STEPS,
+        "num_eval_inner_steps": NUM_STEPS,
+        "meta_lr": 1e-2,
+        "min_meta_lr": 1e-3,
+        "total_epochs": NUM_EPOCHS,
+        "msl_epochs": 3,
+    }
     values.update(overrides)
     return preset(**values)
 
 
-@pytest.mark.parametrize("preset,overrides", [
-    (mamlpp_tf.maml, {}),
-    (mamlpp_tf.first_order_maml, {}),
-    # DA within the run: first order at epochs 0-4, then second order.
-    (mamlpp_tf.mamlpp, {"first_order_to_second_order_epoch": 4}),
-    # Each MAML++ part alone over MAML.
-    (mamlpp_tf.maml, {"multi_step_loss": True}),  # MSL
-    (mamlpp_tf.maml, {"first_order_to_second_order_epoch": 4}),  # DA
-    (mamlpp_tf.maml, {"per_step_bn_statistics": True,  # BNRS
-                      "bn_mode": "per_step_running"}),
-    (mamlpp_tf.maml, {"per_step_bn_weights": True}),  # BNWB
-    (mamlpp_tf.maml, {"learn_inner_lr": True}),  # LSLR
-    (mamlpp_tf.maml, {"cosine_annealing": True}),  # CA
-], ids=["maml", "first_order_maml", "mamlpp", "msl", "da", "bnrs", "bnwb",
-        "lslr", "ca"])
-def test_learns_a_learnable_task_without_retracing(preset, overrides,
-                                                   monkeypatch):
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        (mamlpp_tf.maml, {}),
+        (mamlpp_tf.first_order_maml, {}),
+        # DA within the run: first order at epochs 0-4, then second order.
+        (mamlpp_tf.mamlpp, {"first_order_to_second_order_epoch": 4}),
+        # Each MAML++ part alone over MAML.
+        (mamlpp_tf.maml, {"multi_step_loss": True}),  # MSL
+        (mamlpp_tf.maml, {"first_order_to_second_order_epoch": 4}),  # DA
+        (
+            mamlpp_tf.maml,
+            {
+                "per_step_bn_statistics": True,  # BNRS
+                "bn_mode": "per_step_running",
+            },
+        ),
+        (mamlpp_tf.maml, {"per_step_bn_weights": True}),  # BNWB
+        (mamlpp_tf.maml, {"learn_inner_lr": True}),  # LSLR
+        (mamlpp_tf.maml, {"cosine_annealing": True}),  # CA
+    ],
+    ids=[
+        "maml",
+        "first_order_maml",
+        "mamlpp",
+        "msl",
+        "da",
+        "bnrs",
+        "bnwb",
+        "lslr",
+        "ca",
+    ],
+)
+def test_learns_a_learnable_task_without_retracing(
+    preset, overrides, monkeypatch
+):
     monkeypatch.setenv("AUTOGRAPH_STRICT_CONVERSION", "1")
     config = _learning_config(preset, **overrides)
     learner = mamlpp_tf.MetaLearner(config)
@@ -585,9 +709,10 @@ def test_learns_a_learnable_task_without_retracing(preset, overrides,
     # The epoch changed the MSL weights, CA's meta lr and (with DA) the
     # derivative order: one trace per (phase, derivative order), no more.
     orders = {schedules.use_second_order(config, e) for e in range(NUM_EPOCHS)}
-    expected = {("train", order, 4) for order in orders} | {
-        ("eval", NUM_STEPS)}
+    expected = {("train", order, 4) for order in orders} | {("eval", NUM_STEPS)}
     assert set(learner._functions) == expected
-    counts = {key: fn.experimental_get_tracing_count()
-              for key, fn in learner._functions.items()}
+    counts = {
+        key: fn.experimental_get_tracing_count()
+        for key, fn in learner._functions.items()
+    }
     assert all(count == 1 for count in counts.values()), counts

@@ -1,11 +1,11 @@
 """MetaConv2D: a 3x3 "same" convolution on its variables or fast weights."""
 
+import conformance
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import conformance
 from mamlpp_tf.layers import MetaConv2D
 
 
@@ -44,17 +44,22 @@ def test_strided_output_is_ceil_half():
 def test_fast_weights_replace_the_variables():
     layer = _built()
     x = _inputs()
-    params = {"kernel": tf.zeros_like(layer.kernel),
-              "bias": tf.constant([1.0, 2.0, 3.0, 4.0])}
+    params = {
+        "kernel": tf.zeros_like(layer.kernel),
+        "bias": tf.constant([1.0, 2.0, 3.0, 4.0]),
+    }
     got = layer(x, params=params)
-    np.testing.assert_allclose(got, np.broadcast_to([1.0, 2.0, 3.0, 4.0],
-                                                    (2, 5, 5, 4)))
+    np.testing.assert_allclose(
+        got, np.broadcast_to([1.0, 2.0, 3.0, 4.0], (2, 5, 5, 4))
+    )
 
 
 def test_gradients_reach_fast_weights_not_variables():
     layer = _built()
-    params = {"kernel": tf.convert_to_tensor(layer.kernel),
-              "bias": tf.convert_to_tensor(layer.bias)}
+    params = {
+        "kernel": tf.convert_to_tensor(layer.kernel),
+        "bias": tf.convert_to_tensor(layer.bias),
+    }
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(list(params.values()))
         loss = tf.reduce_sum(tf.square(layer(_inputs(), params=params)))
@@ -97,5 +102,4 @@ def test_bfloat16_matmuls_keep_the_layer_dtype_and_stay_close():
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):
-    conformance.assert_saved_model_matches(_built(), _call, _inputs(),
-                                           tmp_path)
+    conformance.assert_saved_model_matches(_built(), _call, _inputs(), tmp_path)

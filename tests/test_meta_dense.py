@@ -1,11 +1,11 @@
 """MetaDense: x @ kernel + bias on its variables or fast weights."""
 
+import conformance
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import conformance
 from mamlpp_tf.layers import MetaDense
 
 
@@ -39,8 +39,9 @@ def test_fast_weights_replace_the_variables():
     kernel = tf.random.normal([6, 2])
     bias = tf.constant([3.0, 4.0])
     got = layer(x, params={"kernel": kernel, "bias": bias})
-    np.testing.assert_allclose(got, x.numpy() @ kernel.numpy() + [3.0, 4.0],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, x.numpy() @ kernel.numpy() + [3.0, 4.0], rtol=1e-5, atol=1e-6
+    )
 
 
 def _call(layer, x):
@@ -71,5 +72,4 @@ def test_bfloat16_matmul_keeps_the_layer_dtype_and_stays_close():
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):
-    conformance.assert_saved_model_matches(_built(), _call, _inputs(),
-                                           tmp_path)
+    conformance.assert_saved_model_matches(_built(), _call, _inputs(), tmp_path)

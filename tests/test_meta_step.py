@@ -8,8 +8,9 @@ import tensorflow as tf
 import mamlpp_tf
 from mamlpp_tf import meta_step
 
-CONFIG = mamlpp_tf.maml(num_ways=2, num_shots=1, num_queries=3,
-                        image_shape=(5, 5, 2), num_stages=2)
+CONFIG = mamlpp_tf.maml(
+    num_ways=2, num_shots=1, num_queries=3, image_shape=(5, 5, 2), num_stages=2
+)
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +39,20 @@ def test_check_batch_names_missing_keys():
         meta_step.check_batch(batch, CONFIG)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"support": 3}, "support_x"),
-    ({"query": 2}, "query_x"),
-    ({"shape": (5, 5, 1)}, "support_x"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"support": 3}, "support_x"),
+        ({"query": 2}, "query_x"),
+        ({"shape": (5, 5, 1)}, "support_x"),
+    ],
+)
 def test_check_batch_names_the_bad_shape_and_the_expected_one(kwargs, key):
-    with pytest.raises(ValueError, match=rf"batch\['{key}'\] has shape .*"
-                                         r"expected .*num_ways=2"):
+    with pytest.raises(
+        ValueError,
+        match=rf"batch\['{key}'\] has shape .*"
+        r"expected .*num_ways=2",
+    ):
         meta_step.check_batch(_batch(**kwargs), CONFIG)
 
 
@@ -73,36 +80,54 @@ def _random_batch(tasks):
 
 @pytest.mark.parametrize("second_order", [True, False])
 def test_batch_meta_gradients_sum_the_tasks(second_order):
-    params = {"w": tf.constant(0.3, tf.float64),
-              "c": tf.constant(-0.2, tf.float64)}
+    params = {
+        "w": tf.constant(0.3, tf.float64),
+        "c": tf.constant(-0.2, tf.float64),
+    }
     rates = {"w": tf.constant([0.4, 0.6], tf.float64)}
-    rate_fn = lambda r: lambda name, step: r[name][step]  # noqa: E731
+    rate_fn = lambda r: lambda name, step: r[name][step]
     weights = tf.constant([0.25, 0.75], tf.float64)
     batch = _random_batch(3)
-    kwargs = dict(num_steps=2, adapted_names=["w"],
-                  second_order=second_order, loss_weights=weights)
+    kwargs = {
+        "num_steps": 2,
+        "adapted_names": ["w"],
+        "second_order": second_order,
+        "loss_weights": weights,
+    }
     sums = meta_step.batch_meta_gradients(
-        _toy_forward, rate_fn, params, rates, batch, moment_channels=[],
-        parallel_iterations=2, **kwargs,
+        _toy_forward,
+        rate_fn,
+        params,
+        rates,
+        batch,
+        moment_channels=[],
+        parallel_iterations=2,
+        **kwargs,
     )
     losses, pgrads, rgrads = [], [], []
     for t in range(3):
         task = {k: v[t] for k, v in batch.items()}
         loss, pg, rg, _ = meta_step.task_meta_gradients(
-            _toy_forward, rate_fn(rates), params, rates, task, **kwargs)
+            _toy_forward, rate_fn(rates), params, rates, task, **kwargs
+        )
         losses.append(loss)
         pgrads.append(pg)
         rgrads.append(rg)
     np.testing.assert_allclose(sums["loss_sum"], np.sum(losses), rtol=1e-12)
     for name in params:
         np.testing.assert_allclose(
-            sums["param_grads"][name], np.sum([g[name] for g in pgrads]),
-            rtol=1e-12)
+            sums["param_grads"][name],
+            np.sum([g[name] for g in pgrads]),
+            rtol=1e-12,
+        )
         assert np.abs(sums["param_grads"][name]) > 0
     np.testing.assert_allclose(
-        sums["rate_grads"]["w"], np.sum([g["w"] for g in rgrads], axis=0),
-        rtol=1e-12)
+        sums["rate_grads"]["w"],
+        np.sum([g["w"] for g in rgrads], axis=0),
+        rtol=1e-12,
+    )
     assert sums["step_losses"].shape == (3, 2)
     assert sums["step_accuracies"].shape == (3, 2)
-    np.testing.assert_array_equal(sums["accuracy"],
-                                  sums["step_accuracies"][:, -1])
+    np.testing.assert_array_equal(
+        sums["accuracy"], sums["step_accuracies"][:, -1]
+    )

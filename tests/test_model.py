@@ -1,11 +1,11 @@
 """FewShotClassifier: the conv backbone on explicit params and BN slots."""
 
+import conformance
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import conformance
 import mamlpp_tf
 from mamlpp_tf import model as model_lib
 
@@ -18,9 +18,17 @@ def _seed():
 
 
 def _config(**overrides):
-    values = dict(num_ways=2, num_shots=1, num_queries=1, meta_batch_size=1,
-                  image_shape=IMAGE_SHAPE, num_filters=3, num_stages=2,
-                  num_inner_steps=2, num_eval_inner_steps=2)
+    values = {
+        "num_ways": 2,
+        "num_shots": 1,
+        "num_queries": 1,
+        "meta_batch_size": 1,
+        "image_shape": IMAGE_SHAPE,
+        "num_filters": 3,
+        "num_stages": 2,
+        "num_inner_steps": 2,
+        "num_eval_inner_steps": 2,
+    }
     values.update(overrides)
     return mamlpp_tf.mamlpp(**values)
 
@@ -30,8 +38,9 @@ def _images(n=4, shape=IMAGE_SHAPE, dtype="float32"):
 
 
 def _as_tensors(model):
-    return {n: tf.convert_to_tensor(v)
-            for n, v in model.named_variables().items()}
+    return {
+        n: tf.convert_to_tensor(v) for n, v in model.named_variables().items()
+    }
 
 
 def _randomise_bn(model):
@@ -41,7 +50,8 @@ def _randomise_bn(model):
         norm.beta.assign(tf.random.normal(norm.beta.shape))
         norm.moving_mean.assign(tf.random.normal(norm.moving_mean.shape))
         norm.moving_variance.assign(
-            tf.random.uniform(norm.moving_variance.shape, 0.5, 2.0))
+            tf.random.uniform(norm.moving_variance.shape, 0.5, 2.0)
+        )
 
 
 def test_logits_shape_and_dtype():
@@ -57,9 +67,16 @@ def test_param_names_list_every_trainable_weight_in_order():
     names = model.param_names()
     assert names == list(model.named_variables())
     assert names == [
-        "conv0/kernel", "conv0/bias", "conv1/kernel", "conv1/bias",
-        "norm0/gamma", "norm0/beta", "norm1/gamma", "norm1/beta",
-        "dense/kernel", "dense/bias",
+        "conv0/kernel",
+        "conv0/bias",
+        "conv1/kernel",
+        "conv1/bias",
+        "norm0/gamma",
+        "norm0/beta",
+        "norm1/gamma",
+        "norm1/beta",
+        "dense/kernel",
+        "dense/bias",
     ]
     assert len(names) == len(model.trainable_weights)
 
@@ -67,20 +84,33 @@ def test_param_names_list_every_trainable_weight_in_order():
 def test_adapted_param_names_include_bn_only_when_asked():
     model = model_lib.build_classifier(_config())
     plain = model.adapted_param_names(adapt_bn=False)
-    assert plain == ["conv0/kernel", "conv0/bias", "conv1/kernel",
-                     "conv1/bias", "dense/kernel", "dense/bias"]
+    assert plain == [
+        "conv0/kernel",
+        "conv0/bias",
+        "conv1/kernel",
+        "conv1/bias",
+        "dense/kernel",
+        "dense/bias",
+    ]
     with_bn = model.adapted_param_names(adapt_bn=True)
     assert set(with_bn) == set(model.param_names())
 
 
-@pytest.mark.parametrize("bnwb,bnrs,weight_rows,statistics_rows", [
-    (True, True, 2, 2), (False, True, 1, 2), (True, False, 2, 1),
-    (False, False, 1, 1),
-])
-def test_bn_slots_follow_bnwb_and_bnrs(bnwb, bnrs, weight_rows,
-                                       statistics_rows):
-    model = model_lib.build_classifier(_config(
-        per_step_bn_weights=bnwb, per_step_bn_statistics=bnrs))
+@pytest.mark.parametrize(
+    "bnwb,bnrs,weight_rows,statistics_rows",
+    [
+        (True, True, 2, 2),
+        (False, True, 1, 2),
+        (True, False, 2, 1),
+        (False, False, 1, 1),
+    ],
+)
+def test_bn_slots_follow_bnwb_and_bnrs(
+    bnwb, bnrs, weight_rows, statistics_rows
+):
+    model = model_lib.build_classifier(
+        _config(per_step_bn_weights=bnwb, per_step_bn_statistics=bnrs)
+    )
     for norm in model.norms:
         assert norm.gamma.shape == (weight_rows, 3)
         assert norm.beta.shape == (weight_rows, 3)
@@ -102,26 +132,41 @@ def test_matches_a_keras_reference_network():
             keras.layers.MaxPooling2D(2),
         ]
     reference = keras.Sequential(
-        [keras.Input(IMAGE_SHAPE), *layers, keras.layers.Flatten(),
-         keras.layers.Dense(2)])
+        [
+            keras.Input(IMAGE_SHAPE),
+            *layers,
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
     named = model.named_variables()
     for i in range(2):
         conv, norm = reference.layers[4 * i], reference.layers[4 * i + 1]
         conv.set_weights([named[f"conv{i}/kernel"], named[f"conv{i}/bias"]])
-        norm.set_weights([named[f"norm{i}/gamma"].numpy()[0],
-                          named[f"norm{i}/beta"].numpy()[0],
-                          np.zeros(3), np.ones(3)])
-    reference.layers[-1].set_weights([named["dense/kernel"],
-                                      named["dense/bias"]])
+        norm.set_weights(
+            [
+                named[f"norm{i}/gamma"].numpy()[0],
+                named[f"norm{i}/beta"].numpy()[0],
+                np.zeros(3),
+                np.ones(3),
+            ]
+        )
+    reference.layers[-1].set_weights(
+        [named["dense/kernel"], named["dense/bias"]]
+    )
     x = _images()
-    np.testing.assert_allclose(model(x, step=0, training=True),
-                               reference(x, training=True), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        model(x, step=0, training=True),
+        reference(x, training=True),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_strided_variant_pools_globally():
-    model = model_lib.build_classifier(_config(
-        downsampling="strided", image_shape=(5, 5, 2)))
+    model = model_lib.build_classifier(
+        _config(downsampling="strided", image_shape=(5, 5, 2))
+    )
     assert [c.strides for c in model.convs] == [2, 2]
     assert model.classifier.kernel.shape == (3, 2)  # [filters, ways]
     assert model(_images(shape=(5, 5, 2)), step=0).shape == (4, 2)
@@ -146,7 +191,9 @@ def test_fast_weights_replace_the_variables():
     params["dense/bias"] = params["dense/bias"] + tf.constant([1.0, -2.0])
     np.testing.assert_allclose(
         model(x, step=0, params=params, training=True),
-        model(x, step=0, training=True) + [1.0, -2.0], rtol=1e-5, atol=1e-5,
+        model(x, step=0, training=True) + [1.0, -2.0],
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -162,8 +209,11 @@ def test_step_selects_the_bn_slot():
     for norm in model.norms:  # Make slot 1 equal slot 0: outputs agree.
         norm.gamma.assign(tf.tile(norm.gamma[:1], [2, 1]))
         norm.beta.assign(tf.tile(norm.beta[:1], [2, 1]))
-    np.testing.assert_allclose(model(x, step=1, training=True),
-                               model(x, step=0, training=True), rtol=1e-6)
+    np.testing.assert_allclose(
+        model(x, step=1, training=True),
+        model(x, step=0, training=True),
+        rtol=1e-6,
+    )
 
 
 def test_forward_returns_the_batch_moments_of_each_stage():
@@ -172,10 +222,12 @@ def test_forward_returns_the_batch_moments_of_each_stage():
     _, moments = model.forward(x, step=0, training=True)
     assert len(moments) == 2
     conv0 = model.convs[0](x).numpy()
-    np.testing.assert_allclose(moments[0][0], conv0.mean((0, 1, 2)),
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(moments[0][1], conv0.var((0, 1, 2)),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        moments[0][0], conv0.mean((0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        moments[0][1], conv0.var((0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
     assert moments[1][0].shape == (3,)
 
 
@@ -198,8 +250,9 @@ def test_transductive_mode_ignores_running_statistics():
     for norm in model.norms:
         norm.gamma.assign(tf.ones_like(norm.gamma))
         norm.beta.assign(tf.zeros_like(norm.beta))
-    np.testing.assert_allclose(model(x, step=1, training=False), before,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        model(x, step=1, training=False), before, rtol=1e-6
+    )
 
 
 def _call_eval(model, x):
@@ -218,14 +271,19 @@ def test_traces_once_under_tf_function():
 
 def test_get_config_round_trips():
     model = model_lib.FewShotClassifier(
-        num_ways=3, num_filters=2, num_stages=1, downsampling="strided",
-        num_weight_slots=2, num_statistics_slots=3,
-        use_running_statistics=True, bn_momentum=0.2, bn_epsilon=1e-3,
+        num_ways=3,
+        num_filters=2,
+        num_stages=1,
+        downsampling="strided",
+        num_weight_slots=2,
+        num_statistics_slots=3,
+        use_running_statistics=True,
+        bn_momentum=0.2,
+        bn_epsilon=1e-3,
         matmul_dtype="bfloat16",
     )
     model(_images(), step=0)
-    clone = conformance.assert_config_round_trips(model, _call_eval,
-                                                   _images())
+    clone = conformance.assert_config_round_trips(model, _call_eval, _images())
     assert clone.norms[0].gamma.shape == (2, 2)
     assert clone.norms[0].moving_mean.shape == (3, 2)
     assert (clone.norms[0].momentum, clone.norms[0].epsilon) == (0.2, 1e-3)
@@ -235,5 +293,6 @@ def test_get_config_round_trips():
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):
-    conformance.assert_saved_model_matches(_running_model(), _call_eval,
-                                           _images(), tmp_path)
+    conformance.assert_saved_model_matches(
+        _running_model(), _call_eval, _images(), tmp_path
+    )

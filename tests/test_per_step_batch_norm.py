@@ -1,14 +1,12 @@
 """PerStepBatchNorm: per-step slots, running statistics, second order."""
 
+import conformance
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import conformance
-from mamlpp_tf.layers import MetaConv2D
-from mamlpp_tf.layers import PerStepBatchNorm
-from mamlpp_tf.layers import batch_moments
+from mamlpp_tf.layers import MetaConv2D, PerStepBatchNorm, batch_moments
 
 CHANNELS = 3
 
@@ -22,19 +20,29 @@ def _inputs(dtype="float32", batch=4):
     return tf.random.normal([batch, 3, 3, CHANNELS], dtype=dtype) * 2.0 + 1.0
 
 
-def _built(num_weight_slots=3, num_statistics_slots=3, running=False,
-           dtype="float32"):
-    layer = PerStepBatchNorm(num_weight_slots, num_statistics_slots, running,
-                             dtype=dtype)
+def _built(
+    num_weight_slots=3, num_statistics_slots=3, running=False, dtype="float32"
+):
+    layer = PerStepBatchNorm(
+        num_weight_slots, num_statistics_slots, running, dtype=dtype
+    )
     layer.build((None, 3, 3, CHANNELS))
     # Distinct rows, so that using the wrong slot shows.
-    layer.gamma.assign(np.arange(1, 1 + num_weight_slots * CHANNELS).reshape(
-        num_weight_slots, CHANNELS) / 4.0)
+    layer.gamma.assign(
+        np.arange(1, 1 + num_weight_slots * CHANNELS).reshape(
+            num_weight_slots, CHANNELS
+        )
+        / 4.0
+    )
     layer.beta.assign(-layer.gamma.numpy())
-    layer.moving_mean.assign(np.random.default_rng(1).normal(
-        size=(num_statistics_slots, CHANNELS)))
-    layer.moving_variance.assign(np.random.default_rng(2).uniform(
-        0.5, 2.0, size=(num_statistics_slots, CHANNELS)))
+    layer.moving_mean.assign(
+        np.random.default_rng(1).normal(size=(num_statistics_slots, CHANNELS))
+    )
+    layer.moving_variance.assign(
+        np.random.default_rng(2).uniform(
+            0.5, 2.0, size=(num_statistics_slots, CHANNELS)
+        )
+    )
     return layer
 
 
@@ -86,13 +94,17 @@ def test_conv_bias_before_bn_has_zero_second_order_gradient():
         outer.watch(bias)
         with tf.GradientTape() as inner:
             inner.watch(kernel)
-            y = norm(conv(x, params={"kernel": kernel, "bias": bias}), step=0,
-                     training=True)
+            y = norm(
+                conv(x, params={"kernel": kernel, "bias": bias}),
+                step=0,
+                training=True,
+            )
             loss = tf.reduce_sum(tf.square(y - target))
         grad_kernel = inner.gradient(loss, kernel)
         grad_norm_sq = tf.reduce_sum(tf.square(grad_kernel))
-    np.testing.assert_allclose(outer.gradient(grad_norm_sq, bias), 0.0,
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        outer.gradient(grad_norm_sq, bias), 0.0, atol=1e-8
+    )
 
 
 @pytest.mark.parametrize("step,slot", [(0, 0), (1, 1), (2, 2), (4, 2)])
@@ -101,8 +113,13 @@ def test_step_selects_its_weight_slot_and_reuses_the_last(step, slot):
     x = _inputs()
     got = layer(x, step=step, training=True)
     mean, variance = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
-    expected = _reference(x.numpy(), layer.gamma.numpy()[slot],
-                          layer.beta.numpy()[slot], mean, variance)
+    expected = _reference(
+        x.numpy(),
+        layer.gamma.numpy()[slot],
+        layer.beta.numpy()[slot],
+        mean,
+        variance,
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -110,8 +127,10 @@ def test_step_selects_its_weight_slot_and_reuses_the_last(step, slot):
 def test_gradients_reach_only_the_slot_of_the_step(step):
     layer = _built()
     x = _inputs()
-    params = {"gamma": tf.convert_to_tensor(layer.gamma),
-              "beta": tf.convert_to_tensor(layer.beta)}
+    params = {
+        "gamma": tf.convert_to_tensor(layer.gamma),
+        "beta": tf.convert_to_tensor(layer.beta),
+    }
     with tf.GradientTape() as tape:
         tape.watch(list(params.values()))
         y = layer(x, step=step, params=params, training=True)
@@ -127,12 +146,16 @@ def test_gradients_reach_only_the_slot_of_the_step(step):
 def test_fast_weights_replace_the_variables():
     layer = _built()
     x = _inputs()
-    params = {"gamma": tf.ones([3, CHANNELS]) * 2.0,
-              "beta": tf.ones([3, CHANNELS]) * 0.5}
+    params = {
+        "gamma": tf.ones([3, CHANNELS]) * 2.0,
+        "beta": tf.ones([3, CHANNELS]) * 0.5,
+    }
     got = layer(x, step=1, params=params, training=True)
     mean, variance = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
     np.testing.assert_allclose(
-        got, _reference(x.numpy(), 2.0, 0.5, mean, variance), rtol=1e-4,
+        got,
+        _reference(x.numpy(), 2.0, 0.5, mean, variance),
+        rtol=1e-4,
         atol=1e-5,
     )
 
@@ -150,8 +173,7 @@ def test_update_statistics_moves_only_the_slot_of_the_step(step):
     # PyTorch's unbiased running variance: n / (n - 1) = 5 / 4.
     expected_var[step] = 0.9 * before_var[step] + 0.1 * variance * 1.25
     np.testing.assert_allclose(layer.moving_mean, expected_mean, rtol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance, expected_var,
-                               rtol=1e-6)
+    np.testing.assert_allclose(layer.moving_variance, expected_var, rtol=1e-6)
 
 
 def test_running_mode_normalises_with_running_statistics_in_evaluation():
@@ -159,23 +181,32 @@ def test_running_mode_normalises_with_running_statistics_in_evaluation():
     x = _inputs()
     y, moments = layer.normalize(x, step=1, training=False)
     assert moments is None
-    expected = _reference(x.numpy(), layer.gamma.numpy()[1],
-                          layer.beta.numpy()[1], layer.moving_mean.numpy()[1],
-                          layer.moving_variance.numpy()[1])
+    expected = _reference(
+        x.numpy(),
+        layer.gamma.numpy()[1],
+        layer.beta.numpy()[1],
+        layer.moving_mean.numpy()[1],
+        layer.moving_variance.numpy()[1],
+    )
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("running,training", [
-    (True, True), (False, True), (False, False)
-])
+@pytest.mark.parametrize(
+    "running,training", [(True, True), (False, True), (False, False)]
+)
 def test_batch_statistics_otherwise(running, training):
     layer = _built(running=running)
     x = _inputs()
     y, (mean, variance) = layer.normalize(x, step=1, training=training)
     np.testing.assert_allclose(mean, x.numpy().mean((0, 1, 2)), rtol=1e-5)
-    expected = _reference(x.numpy(), layer.gamma.numpy()[1],
-                          layer.beta.numpy()[1], x.numpy().mean((0, 1, 2)),
-                          x.numpy().var((0, 1, 2)))
+    np.testing.assert_allclose(variance, x.numpy().var((0, 1, 2)), rtol=1e-5)
+    expected = _reference(
+        x.numpy(),
+        layer.gamma.numpy()[1],
+        layer.beta.numpy()[1],
+        x.numpy().mean((0, 1, 2)),
+        x.numpy().var((0, 1, 2)),
+    )
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -183,16 +214,18 @@ def test_snapshot_restores_and_does_not_alias():
     layer = _built()
     snapshot = layer.snapshot_statistics()
     saved = {k: v.numpy().copy() for k, v in snapshot.items()}
-    layer.update_statistics(1, tf.ones([CHANNELS]) * 7.0,
-                            tf.ones([CHANNELS]) * 7.0, count=4)
+    layer.update_statistics(
+        1, tf.ones([CHANNELS]) * 7.0, tf.ones([CHANNELS]) * 7.0, count=4
+    )
     layer.moving_mean.assign_add(tf.ones_like(layer.moving_mean))
     assert not np.allclose(layer.moving_mean.numpy(), saved["moving_mean"])
     for key, value in snapshot.items():  # The snapshot did not move along.
         np.testing.assert_array_equal(value, saved[key], err_msg=key)
     layer.restore_statistics(snapshot)
     np.testing.assert_array_equal(layer.moving_mean, saved["moving_mean"])
-    np.testing.assert_array_equal(layer.moving_variance,
-                                  saved["moving_variance"])
+    np.testing.assert_array_equal(
+        layer.moving_variance, saved["moving_variance"]
+    )
 
 
 def test_invalid_steps_and_slots_raise():
@@ -204,8 +237,9 @@ def test_invalid_steps_and_slots_raise():
     with pytest.raises(ValueError, match="num_weight_slots must be an int"):
         PerStepBatchNorm(num_weight_slots=0)
     with pytest.raises(ValueError, match="count must be >= 2"):
-        layer.update_statistics(0, tf.zeros([CHANNELS]),
-                                tf.ones([CHANNELS]), count=1)
+        layer.update_statistics(
+            0, tf.zeros([CHANNELS]), tf.ones([CHANNELS]), count=1
+        )
 
 
 def _call_eval(layer, x):
@@ -213,15 +247,13 @@ def _call_eval(layer, x):
 
 
 def test_traces_once_under_tf_function():
-    conformance.assert_traces_once(_built(running=True), _call_eval,
-                                   _inputs())
+    conformance.assert_traces_once(_built(running=True), _call_eval, _inputs())
 
 
 def test_get_config_round_trips():
     layer = PerStepBatchNorm(2, 3, True, momentum=0.3, epsilon=1e-3)
     layer.build((None, 3, 3, CHANNELS))
-    clone = conformance.assert_config_round_trips(layer, _call_eval,
-                                                   _inputs())
+    clone = conformance.assert_config_round_trips(layer, _call_eval, _inputs())
     # Every __init__ argument, each with a non-default value.
     assert (clone.num_weight_slots, clone.num_statistics_slots) == (2, 3)
     assert clone.use_running_statistics
@@ -229,5 +261,6 @@ def test_get_config_round_trips():
 
 
 def test_saved_model_gives_the_same_outputs(tmp_path):
-    conformance.assert_saved_model_matches(_built(running=True), _call_eval,
-                                           _inputs(), tmp_path)
+    conformance.assert_saved_model_matches(
+        _built(running=True), _call_eval, _inputs(), tmp_path
+    )

@@ -47,20 +47,30 @@ def test_exported_names_are_what_they_claim():
 
 def test_the_flags_pattern_catches_every_import_form():
     # The grep below is only as good as its pattern: check it bites.
-    for line in ("import absl.flags", "from absl import flags",
-                 "from absl import app, flags", "from absl.flags import FLAGS",
-                 "    from absl import flags  # late import"):
+    for line in (
+        "import absl.flags",
+        "from absl import flags",
+        "from absl import app, flags",
+        "from absl.flags import FLAGS",
+        "    from absl import flags  # late import",
+    ):
         assert ABSL_FLAGS_IMPORT.search(line), line
-    for line in ("from absl import logging", "import absl.logging",
-                 "# from absl import flags is forbidden here"):
+    for line in (
+        "from absl import logging",
+        "import absl.logging",
+        "# from absl import flags is forbidden here",
+    ):
         assert not ABSL_FLAGS_IMPORT.search(line), line
 
 
 def test_library_code_never_imports_absl_flags():
     sources = sorted(PACKAGE_DIR.rglob("*.py"))
     assert sources, PACKAGE_DIR
-    offenders = [str(p.relative_to(PACKAGE_DIR)) for p in sources
-                 if ABSL_FLAGS_IMPORT.search(p.read_text())]
+    offenders = [
+        str(p.relative_to(PACKAGE_DIR))
+        for p in sources
+        if ABSL_FLAGS_IMPORT.search(p.read_text())
+    ]
     assert offenders == [], (
         "Only scripts/ may define or read flags; the library takes configs."
     )

@@ -24,8 +24,9 @@ MSL_GOLDEN = [
 
 
 @pytest.mark.parametrize("num_steps,msl_epochs,epoch,expected", MSL_GOLDEN)
-def test_msl_weights_match_golden_values(num_steps, msl_epochs, epoch,
-                                         expected):
+def test_msl_weights_match_golden_values(
+    num_steps, msl_epochs, epoch, expected
+):
     weights = mamlpp_tf.msl_weights(num_steps, epoch, msl_epochs)
     assert weights.dtype == np.float32
     assert weights.shape == (num_steps,)
@@ -47,12 +48,15 @@ def test_msl_weights_rejects_impossible_arguments(args):
         mamlpp_tf.msl_weights(*args)
 
 
-@pytest.mark.parametrize("epoch,expected", [
-    (0, 1e-3),
-    (50, 5.05e-4),
-    (99, 1.0244e-5),
-    (100, 1e-5),
-])
+@pytest.mark.parametrize(
+    "epoch,expected",
+    [
+        (0, 1e-3),
+        (50, 5.05e-4),
+        (99, 1.0244e-5),
+        (100, 1e-5),
+    ],
+)
 def test_cosine_lr_matches_golden_values(epoch, expected):
     lr = mamlpp_tf.cosine_lr(epoch, 100, 1e-3, 1e-5)
     np.testing.assert_allclose(lr, expected, rtol=1e-4)
@@ -60,7 +64,9 @@ def test_cosine_lr_matches_golden_values(epoch, expected):
 
 def test_cosine_lr_is_pytorchs_closed_form():
     for epoch in range(0, 30, 3):
-        expected = 2e-5 + (1e-2 - 2e-5) * (1 + math.cos(math.pi * epoch / 30)) / 2
+        expected = (
+            2e-5 + (1e-2 - 2e-5) * (1 + math.cos(math.pi * epoch / 30)) / 2
+        )
         np.testing.assert_allclose(
             mamlpp_tf.cosine_lr(epoch, 30, 1e-2, 2e-5), expected, rtol=1e-12
         )
@@ -80,14 +86,18 @@ def test_meta_lr_follows_cosine_annealing_only_when_on():
     assert [schedules.meta_lr(off, e) for e in (0, 50, 99)] == [1e-3] * 3
 
 
-@pytest.mark.parametrize("switch_epoch,second_order_epochs", [
-    (-1, [0, 1, 2, 3]),  # -1: second order from epoch 0.
-    (0, [1, 2, 3]),
-    (2, [3]),  # First order while epoch <= 2 (the authors' convention).
-    (50, []),
-])
-def test_use_second_order_switches_after_the_da_epoch(switch_epoch,
-                                                      second_order_epochs):
+@pytest.mark.parametrize(
+    "switch_epoch,second_order_epochs",
+    [
+        (-1, [0, 1, 2, 3]),  # -1: second order from epoch 0.
+        (0, [1, 2, 3]),
+        (2, [3]),  # First order while epoch <= 2 (the authors' convention).
+        (50, []),
+    ],
+)
+def test_use_second_order_switches_after_the_da_epoch(
+    switch_epoch, second_order_epochs
+):
     config = mamlpp_tf.mamlpp(first_order_to_second_order_epoch=switch_epoch)
     got = [e for e in range(4) if schedules.use_second_order(config, e)]
     assert got == second_order_epochs
@@ -102,19 +112,32 @@ def test_step_loss_weights_are_msl_while_msl_is_active():
     config = mamlpp_tf.mamlpp(num_inner_steps=5, msl_epochs=10)
     np.testing.assert_allclose(
         schedules.step_loss_weights(config, 1, 5),
-        [0.18, 0.18, 0.18, 0.18, 0.28], rtol=1e-5,
+        [0.18, 0.18, 0.18, 0.18, 0.28],
+        rtol=1e-5,
     )
     assert schedules.use_multi_step_loss(config, 9)
     assert not schedules.use_multi_step_loss(config, 10)
 
 
-@pytest.mark.parametrize("config,epoch,num_steps", [
-    (mamlpp_tf.mamlpp(num_inner_steps=5, msl_epochs=10), 10, 5),  # Annealed.
-    (mamlpp_tf.mamlpp(num_inner_steps=5, msl_epochs=10), 3, 7),  # Eval steps.
-    (mamlpp_tf.maml(num_inner_steps=5), 0, 5),  # MSL off.
-])
-def test_step_loss_weights_are_final_step_only_otherwise(config, epoch,
-                                                         num_steps):
+@pytest.mark.parametrize(
+    "config,epoch,num_steps",
+    [
+        (
+            mamlpp_tf.mamlpp(num_inner_steps=5, msl_epochs=10),
+            10,
+            5,
+        ),  # Annealed.
+        (
+            mamlpp_tf.mamlpp(num_inner_steps=5, msl_epochs=10),
+            3,
+            7,
+        ),  # Eval steps.
+        (mamlpp_tf.maml(num_inner_steps=5), 0, 5),  # MSL off.
+    ],
+)
+def test_step_loss_weights_are_final_step_only_otherwise(
+    config, epoch, num_steps
+):
     expected = np.zeros(num_steps, np.float32)
     expected[-1] = 1.0
     weights = schedules.step_loss_weights(config, epoch, num_steps)
