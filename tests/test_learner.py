@@ -18,8 +18,11 @@ from mamlpp_tf import inner_loop, schedules
 SHAPE = (5, 5, 2)
 NUM_STEPS = 2
 # Elements per channel behind each stage's batch moments (2 images): 5x5
-# at stage 0, 2x2 after the first max-pool.
-STAGE_COUNTS = (2 * 5 * 5, 2 * 2 * 2)
+# at stage 0, then 2x2 after a max-pool, or 3x3 then 2x2 with stride 2.
+STAGE_COUNTS = {
+    "max_pool": (2 * 5 * 5, 2 * 2 * 2),
+    "strided": (2 * 3 * 3, 2 * 2 * 2),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -454,15 +457,17 @@ def _expected_running_statistics(learner, batch):
             )
             fast = inner_loop.inner_update(fast, grads, rate, step)
     expected = []
-    for stage, count in enumerate(STAGE_COUNTS):
+    counts = STAGE_COUNTS[learner.config.downsampling]
+    for stage, count in enumerate(counts):
         mean = 0.1 * moments[:, stage, 0]
         unbiased = moments[:, stage, 1] * count / (count - 1)
         expected += [mean, 0.9 + 0.1 * unbiased]
     return expected
 
 
-def test_train_step_moves_running_statistics_slot_k_in_step_k():
-    config = _config(bn_mode="per_step_running")
+@pytest.mark.parametrize("downsampling", ["max_pool", "strided"])
+def test_train_step_moves_running_statistics_slot_k_in_step_k(downsampling):
+    config = _config(bn_mode="per_step_running", downsampling=downsampling)
     learner = mamlpp_tf.MetaLearner(config)
     batch = _batch(config)
     expected = _expected_running_statistics(learner, batch)
