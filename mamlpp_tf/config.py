@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 
 # Antoniou et al. (2019), Sec. 4 and the authors' code: the values of the
 # MAML++ experiments.
@@ -107,7 +108,17 @@ class MetaLearnerConfig:
 
     def __post_init__(self):
         # Lists arrive from JSON; the config must stay hashable and frozen.
-        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        _require(
+            all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                for d in self.image_shape
+            ),
+            f"image_shape must hold ints (H, W, C), got {self.image_shape!r}.",
+        )
+        # Python ints: numpy ones (from array shapes) break to_json.
+        object.__setattr__(
+            self, "image_shape", tuple(int(d) for d in self.image_shape)
+        )
         for name in (
             "num_ways",
             "num_shots",

@@ -6,6 +6,7 @@ import functools
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 import mamlpp_tf
@@ -27,6 +28,8 @@ INVALID = [
     ({"num_shots": 1.5}, r"num_shots must be an int, got 1\.5 \(float\)"),
     ({"meta_batch_size": True}, r"meta_batch_size must be an int, got True"),
     ({"image_shape": (28, 28)}, r"image_shape must be \(H, W, C\)"),
+    ({"image_shape": (28.5, 28, 1)}, r"image_shape must hold ints"),
+    ({"image_shape": ("28", 28, 1)}, r"image_shape must hold ints"),
     (
         {"image_shape": (8, 8, 1), "num_stages": 4},
         (
@@ -136,6 +139,15 @@ def test_json_round_trip_gives_an_equal_config():
     assert restored.image_shape == (5, 5, 2)
     assert hash(restored) == hash(config)
     assert restored.to_json() == config.to_json()
+
+
+def test_numpy_image_sizes_become_python_ints():
+    # Shapes read off numpy arrays hold numpy ints, which json cannot write.
+    config = mamlpp_tf.MetaLearnerConfig(
+        image_shape=tuple(np.array([28, 28, 1]))
+    )
+    assert all(type(d) is int for d in config.image_shape)
+    assert json.loads(config.to_json())["image_shape"] == [28, 28, 1]
 
 
 def test_from_dict_rejects_unknown_fields_by_name():
