@@ -22,8 +22,6 @@ import json
 import logging
 import os
 import pathlib
-import signal
-import threading
 import time
 
 import keras
@@ -36,68 +34,9 @@ from mamlpp_tf import evaluation
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import reporting
+from mamlpp_tf import stop_signals
 
 log = logging.getLogger(__name__)
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after saving a checkpoint.
-
-    Attributes:
-      signum: the signal received.
-    """
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a request polled by the loop.
-
-    The first signal sets `signum`; the loop checkpoints and stops after
-    the current meta-step. A second signal stops at once (KeyboardInterrupt).
-    """
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            log.warning(
-                "Not in the main thread: SIGINT/SIGTERM will stop "
-                "training without a final checkpoint."
-            )
-            return self
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame  # Unused.
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning(
-            "Received %s: saving a checkpoint after the current step, then "
-            "stopping. Send it again to stop at once.",
-            signal.Signals(signum).name,
-        )
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def interrupted(self, where: str, workdir) -> TrainingInterrupted:
-        name = signal.Signals(self.signum).name
-        return TrainingInterrupted(
-            self.signum,
-            f"Stopped by {name} {where}; the checkpoint is in {workdir}. "
-            "Rerun the same command to resume.",
-        )
 
 
 @dataclasses.dataclass
@@ -113,7 +52,7 @@ class _Run:
     top_k: checkpointing.TopKStore
     metrics: reporting.MetricsCsv
     reporter: reporting.Reporter
-    stop: _StopSignals
+    stop: stop_signals.StopSignals
 
     def batches(self, split: str, **kwargs):
         return distribute.episode_batches(
@@ -300,7 +239,8 @@ def train_and_evaluate(
       The test summary (also in `workdir/test_summary.json`).
 
     Raises:
-      TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was saved.
+      stop_signals.TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was
+        saved.
       ValueError: the workdir holds an incompatible experiment, or bad
         data or settings (before anything is written).
       FileNotFoundError: the data is missing.
@@ -344,7 +284,7 @@ def train_and_evaluate(
     metrics.truncate(progress.epoch)
     reporter = reporting.Reporter(workdir, config)
     try:
-        with _StopSignals() as stop:
+        with stop_signals.StopSignals() as stop:
             run = _Run(
                 config,
                 workdir,

@@ -25,7 +25,7 @@ from absl import logging  # noqa: E402
 
 import mamlpp_tf  # noqa: E402
 from mamlpp_tf import distribute  # noqa: E402
-from mamlpp_tf import training  # noqa: E402
+from mamlpp_tf import stop_signals  # noqa: E402
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -75,7 +75,7 @@ def run(main):
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         try:
             return main(argv)
-        except training.TrainingInterrupted as interrupted:
+        except stop_signals.TrainingInterrupted as interrupted:
             logging.warning("%s", interrupted)
             sys.exit(SIGNAL_EXIT_BASE + interrupted.signum)
         except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import tensorflow as tf
 from helpers import experiments
 from mamlpp_tf import checkpointing
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import stop_signals
 from mamlpp_tf import training
 
 
@@ -146,7 +147,7 @@ def test_killed_and_stopped_run_ends_like_the_uninterrupted_run(
     handler_before = signal.getsignal(signal.SIGTERM)
     _fail_at_step(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGTERM))
     with pytest.raises(
-        training.TrainingInterrupted,
+        stop_signals.TrainingInterrupted,
         match="Stopped by SIGTERM at epoch 1, iteration 1; "
         ".*Rerun the same command",
     ) as stopped:

@@ -28,9 +28,11 @@ def console_script(name: str) -> pathlib.Path:
 
 
 def command(app: str, *args, installed: bool = True) -> list[str]:
-    """The command line of `app` ("train", "evaluate" or "export").
+    """The command line of an app.
 
     Args:
+      app: "train", "evaluate" or "export".
+      *args: its flags.
       installed: the console script `mamlpp-<app>`; False runs
         `python scripts/<app>.py`, which must work too.
     """
