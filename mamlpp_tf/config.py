@@ -209,18 +209,6 @@ class MetaLearnerConfig:
             self.meta_grad_clip is None or self.meta_grad_clip > 0,
             f"meta_grad_clip must be None or > 0, got {self.meta_grad_clip}.",
         )
-        _require(
-            not (self.bn_mode == "per_step_running" and self.num_shots *
-                 self.num_ways < 2),
-            "bn_mode='per_step_running' needs at least 2 support examples "
-            "for an unbiased variance; raise --num_ways or --num_shots.",
-        )
-
-    @property
-    def num_bn_slots(self) -> int:
-        """Per-step BN slots: one per trained step with BNRS or BNWB."""
-        per_step = self.per_step_bn_statistics or self.per_step_bn_weights
-        return self.num_inner_steps if per_step else 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -28,13 +28,16 @@ class InnerLearningRates(keras.layers.Layer):
         self.num_steps = num_steps
         self.init_lr = init_lr
         self.rates = {}
+        # The rates' shapes do not depend on any input: build right away.
+        self.build()
+
+    def build(self, input_shape=None):
         for name in self.param_names:
             self.rates[name] = self.add_weight(
                 name=rate_variable_name(name),
-                shape=(num_steps,),
-                initializer=keras.initializers.Constant(init_lr),
+                shape=(self.num_steps,),
+                initializer=keras.initializers.Constant(self.init_lr),
             )
-        self.built = True
 
     def rate(self, param_name: str, step: int, rates=None):
         """The rate of `param_name` at `step` (a scalar tensor).
