@@ -8,14 +8,19 @@ import mamlpp_tf
 PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
 
 EXPECTED_ALL = [
+    "ExperimentConfig",
     "MetaLearner",
     "MetaLearnerConfig",
     "NonFiniteLossError",
+    "RuntimeConfig",
     "cosine_lr",
+    "evaluate_workdir",
+    "export_workdir",
     "first_order_maml",
     "maml",
     "mamlpp",
     "msl_weights",
+    "train_and_evaluate",
 ]
 
 # `import absl.flags`, `from absl import flags`, `from absl.flags import ...`,
