@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
+from mamlpp_tf.layers.kernel_layer import KernelLayer
 
-class MetaDense(keras.layers.Layer):
+
+class MetaDense(KernelLayer):
     """logits = x @ kernel + bias; Glorot-uniform kernel, zero bias.
 
     Args:
       units: output features (num_ways for the classifier head).
-      matmul_dtype: None, or "bfloat16" to multiply in bfloat16 (the bias
-        add and the logits stay in the layer's dtype).
+      matmul_dtype: see `KernelLayer`.
 
     Call args:
       inputs: [batch, features].
@@ -21,9 +21,8 @@ class MetaDense(keras.layers.Layer):
     """
 
     def __init__(self, units: int, matmul_dtype: str | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(matmul_dtype=matmul_dtype, **kwargs)
         self.units = units
-        self.matmul_dtype = matmul_dtype
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
@@ -34,19 +33,11 @@ class MetaDense(keras.layers.Layer):
             name="bias", shape=(self.units,), initializer="zeros"
         )
 
-    def call(self, inputs, *, params=None):
-        if params is None:
-            params = {"kernel": self.kernel, "bias": self.bias}
-        kernel = params["kernel"]
-        if self.matmul_dtype is not None:
-            inputs = tf.cast(inputs, self.matmul_dtype)
-            kernel = tf.cast(kernel, self.matmul_dtype)
-        outputs = tf.cast(tf.matmul(inputs, kernel), params["bias"].dtype)
-        return outputs + params["bias"]
+    def apply_kernel(self, inputs, kernel):
+        return tf.matmul(inputs, kernel)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "matmul_dtype": self.matmul_dtype}
+        return {**super().get_config(), "units": self.units}
