@@ -1,0 +1,67 @@
+"""mamlpp-benchmark runs once on the smallest configuration and reports."""
+
+import json
+
+import pytest
+
+from helpers import apps
+from mamlpp_tf import benchmark
+from mamlpp_tf import config as config_lib
+
+FIGURES = {
+    "trace_seconds",
+    "seconds_per_iteration",
+    "iterations_per_second",
+    "peak_rss_bytes",
+    "device",
+    "tensorflow_version",
+    "runtime",
+    "config",
+}
+
+
+def test_benchmark_app_on_the_smoke_config(tmp_path):
+    output = tmp_path / "bench.json"
+    result = apps.run(
+        "benchmark",
+        f"--flagfile={apps.FLAGS_DIR / 'smoke.cfg'}",
+        "--steps=2",
+        "--warmup=0",
+        f"--output_json={output}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    assert FIGURES <= set(figures)
+    assert figures["phase"] == "train"
+    assert figures["seconds_per_iteration"] > 0
+    assert figures["iterations_per_second"] == pytest.approx(
+        1 / figures["seconds_per_iteration"], rel=1e-2)
+    assert figures["peak_rss_bytes"] > 100e6  # TensorFlow alone is more.
+    # smoke.cfg: first order in epoch 0 (DA), MSL on.
+    assert figures["second_order"] is False
+    assert figures["multi_step_loss"] is True
+    assert figures["config"]["num_ways"] == 5
+
+
+def test_eval_phase_and_random_batch_shapes():
+    config = config_lib.maml(
+        num_ways=2, num_shots=1, num_queries=3, meta_batch_size=2,
+        image_shape=(8, 8, 1), num_filters=4, num_stages=2,
+        num_inner_steps=1, num_eval_inner_steps=1,
+    )
+    batch = benchmark.random_batch(config)
+    assert batch["query_x"].shape == (2, 6, 8, 8, 1)
+    assert batch["support_y"].shape == (2, 2)
+    figures = benchmark.run_benchmark(
+        config, benchmark.BenchmarkConfig(phase="eval", steps=1, warmup=0),
+        log=lambda *_: None,
+    )
+    assert figures["phase"] == "eval"
+    assert figures["second_order"] is False
+
+
+def test_bad_benchmark_config():
+    with pytest.raises(ValueError, match="phase must be one of"):
+        benchmark.BenchmarkConfig(phase="serve")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        benchmark.BenchmarkConfig(steps=0)
