@@ -148,7 +148,12 @@ class MetaLearner:
 
     def _meta_gradients(self, batch, loss_weights, *, second_order: bool,
                         global_batch_size: int):
-        """Loss averaged over the global meta-batch, and its gradients."""
+        """Loss averaged over the global meta-batch, and its gradients.
+
+        `batch` is this replica's share of the meta-batch: its tasks' losses
+        and gradients are summed and divided by the global number of tasks,
+        so that summing over the replicas gives the mean over all tasks.
+        """
         params, rates = self._read()
         sums = meta_step.batch_meta_gradients(
             self._forward, self._rate_fn, params, rates,
@@ -160,10 +165,14 @@ class MetaLearner:
             moment_channels=[self.config.num_filters] * self.config.num_stages,
             parallel_iterations=self.parallel_tasks,
         )
+        loss = tf.nn.compute_average_loss(
+            sums["losses"], global_batch_size=global_batch_size
+        )
+        # The same average for the gradients, summed over tasks in the loop.
         scale = 1.0 / global_batch_size
         grads = [sums["param_grads"][n] * scale for n in self.network_names]
         grads += [sums["rate_grads"][n] * scale for n in self.rate_names]
-        return sums["loss_sum"] * scale, grads, sums
+        return loss, grads, sums
 
     def _function(self, key, python_fn):
         if key not in self._functions:

@@ -82,7 +82,7 @@ def batch_meta_gradients(
       moment_channels: channels of each BN stage (shapes of the moments).
       parallel_iterations: tasks in flight at once in the graph loop.
 
-    Returns a dict: "loss_sum" (sum of task losses), "param_grads" and
+    Returns a dict: "losses" [tasks] (each task's loss), "param_grads" and
     "rate_grads" (sums over tasks), "accuracy" [tasks], "step_accuracies"
     [tasks, steps], "step_losses" [tasks, steps], and "moments": per step,
     per stage, (mean, variance) summed over tasks (or None).
@@ -121,7 +121,7 @@ def batch_meta_gradients(
     )
     sum_tasks = lambda t: tf.reduce_sum(t, axis=0)  # noqa: E731
     return {
-        "loss_sum": sum_tasks(per_task["loss"]),
+        "losses": per_task["loss"],
         "param_grads": tf.nest.map_structure(sum_tasks,
                                              per_task["param_grads"]),
         "rate_grads": tf.nest.map_structure(sum_tasks,
