@@ -103,9 +103,7 @@ def run_benchmark(
     runtime = runtime or distribute.RuntimeConfig()
     strategy = distribute.make_strategy(runtime)
     learner = learner_lib.MetaLearner(
-        config, jit_compile=runtime.jit_compile,
-        parallel_tasks=runtime.parallel_tasks, strategy=strategy,
-        mixed_precision=runtime.mixed_precision,
+        config, strategy=strategy, **distribute.learner_options(runtime)
     )
     batch = random_batch(config)
     if bench.phase == "train":

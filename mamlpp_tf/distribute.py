@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 
 import tensorflow as tf
 
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = (None, "bfloat16")
+# Under the run directory: the non-chief workers' own checkpoints.
+WORKERS_DIR = "workers"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,7 +68,10 @@ class RuntimeConfig:
                 f"strategy={self.strategy!r}. Drop --tpu or set "
                 "--strategy=tpu."
             )
-        if self.logical_cpu_devices is not None and self.logical_cpu_devices < 1:
+        if (
+            self.logical_cpu_devices is not None
+            and self.logical_cpu_devices < 1
+        ):
             raise ValueError(
                 "logical_cpu_devices must be None or >= 1, got "
                 f"{self.logical_cpu_devices}."
@@ -141,7 +147,17 @@ def make_strategy(
     return tf.distribute.TPUStrategy(resolver)
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def learner_options(runtime: RuntimeConfig) -> dict:
+    """The `MetaLearner` keyword arguments that `runtime` sets (all but the
+    strategy, which `make_strategy` builds once per process)."""
+    return {
+        "jit_compile": runtime.jit_compile,
+        "parallel_tasks": runtime.parallel_tasks,
+        "mixed_precision": runtime.mixed_precision,
+    }
+
+
+def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
     """Whether this process writes the shared files (logs, summaries)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
@@ -149,6 +165,38 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type in ("chief", None) or (
         resolver.task_type == "worker" and resolver.task_id == 0
     )
+
+
+def worker_directory(
+    strategy: tf.distribute.Strategy | None, workdir: str | os.PathLike
+) -> pathlib.Path:
+    """Where this worker keeps its own checkpoints: `workdir` on the chief,
+    `workdir/workers/<task type>_<task id>` on the other workers.
+
+    Every worker of a multi-worker run saves (saving may take part in
+    collectives, and each worker resumes from its own copy), but only the
+    chief's copy is the run directory's (TensorFlow's multi-worker
+    checkpointing pattern).
+    """
+    workdir = pathlib.Path(workdir)
+    if is_chief(strategy):
+        return workdir
+    resolver = strategy.cluster_resolver
+    return workdir / WORKERS_DIR / f"{resolver.task_type}_{resolver.task_id}"
+
+
+def check_meta_batch_size(
+    strategy: tf.distribute.Strategy | None, meta_batch_size: int
+) -> None:
+    """Raises ValueError unless the meta-batch splits evenly over the
+    replicas of `strategy` (each replica takes the same number of tasks)."""
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if meta_batch_size % replicas:
+        raise ValueError(
+            f"meta_batch_size={meta_batch_size} does not split over "
+            f"{replicas} replicas; use a multiple of {replicas} "
+            "(--meta_batch_size, and --num_eval_tasks a multiple of it)."
+        )
 
 
 def episode_batches(
@@ -173,16 +221,15 @@ def episode_batches(
     """
     if strategy is None or strategy.num_replicas_in_sync == 1:
         return data_lib.episode_dataset(
-            class_images, episode_config, split=split, start_task=start_task,
+            class_images,
+            episode_config,
+            split=split,
+            start_task=start_task,
             num_tasks=num_tasks,
         )
     replicas = strategy.num_replicas_in_sync
     tasks_per_batch = episode_config.meta_batch_size
-    if tasks_per_batch % replicas:
-        raise ValueError(
-            f"meta_batch_size={tasks_per_batch} does not split over "
-            f"{replicas} replicas; use a multiple of {replicas}."
-        )
+    check_meta_batch_size(strategy, tasks_per_batch)
     per_replica = dataclasses.replace(
         episode_config, meta_batch_size=tasks_per_batch // replicas
     )
@@ -192,7 +239,10 @@ def episode_batches(
     @tf.autograph.experimental.do_not_convert
     def dataset_fn(context: tf.distribute.InputContext):
         dataset = data_lib.episode_dataset(
-            class_images, per_replica, split=split, start_task=start_task,
+            class_images,
+            per_replica,
+            split=split,
+            start_task=start_task,
             num_tasks=num_tasks,
         )
         pipelines = context.num_input_pipelines
@@ -201,8 +251,12 @@ def episode_batches(
         # Slice c goes to replica c % R; this pipeline feeds R / P of them.
         replicas_per_pipeline = replicas // pipelines
         pipeline = context.input_pipeline_id
-        return dataset.enumerate().filter(
-            lambda c, _: (c % replicas) // replicas_per_pipeline == pipeline
-        ).map(lambda _, batch: batch)
+        return (
+            dataset.enumerate()
+            .filter(
+                lambda c, _: (c % replicas) // replicas_per_pipeline == pipeline
+            )
+            .map(lambda _, batch: batch)
+        )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

@@ -45,11 +45,12 @@ def ci95(values) -> float:
     return float(CI95_Z * values.std() / np.sqrt(values.size))
 
 
-def _local_numpy(strategy, value) -> np.ndarray:
-    """A batch tensor as numpy; per-replica parts concatenated in order."""
+def _global_numpy(strategy, value) -> np.ndarray:
+    """A batch tensor as numpy: under a strategy, every replica's part, in
+    replica order (the order of `MetaLearner.eval_step`'s gathered logits),
+    from every worker."""
     if isinstance(value, tf.distribute.DistributedValues):
-        parts = strategy.experimental_local_results(value)
-        return np.concatenate([np.asarray(p) for p in parts])
+        return strategy.gather(value, axis=0).numpy()
     return np.asarray(value)
 
 
@@ -100,7 +101,7 @@ def evaluate_batches(
         accuracies.append(metrics["task_accuracy"])
         step_accuracies.append(metrics["per_step_accuracy"] * num_tasks)
         logits.append(batch_logits)
-        labels.append(_local_numpy(learner.strategy, batch["query_y"]))
+        labels.append(_global_numpy(learner.strategy, batch["query_y"]))
     if not accuracies:
         raise ValueError("evaluate_batches got no batches.")
     task_accuracies = np.concatenate(accuracies)
@@ -236,17 +237,22 @@ def evaluate_workdir(
     *,
     split: str = "test",
     num_eval_inner_steps: int | None = None,
+    runtime: distribute.RuntimeConfig | None = None,
     strategy: tf.distribute.Strategy | None = None,
-    jit_compile: bool = False,
 ) -> dict:
     """Evaluates a run directory's top-k epochs; writes the summary.
+
+    The weights load under any strategy, whichever one trained them. Under
+    a multi-worker strategy every worker evaluates and only the chief
+    writes the summary.
 
     Args:
       workdir: a directory written by `train_and_evaluate`.
       split: "test" or "val".
       num_eval_inner_steps: None for the experiment's own.
-      strategy: where to run; None for the default strategy.
-      jit_compile: compile the evaluation step with XLA.
+      runtime: XLA, mixed precision, tasks in flight; None for defaults.
+      strategy: what `distribute.make_strategy(runtime)` built; None
+        builds it here.
 
     Returns:
       The summary, also written to `workdir/{split}_summary.json`.
@@ -268,8 +274,14 @@ def evaluate_workdir(
             "a run directory. Train first: mamlpp-train --flagfile=... "
             f"--workdir={workdir}"
         )
+    runtime = runtime or distribute.RuntimeConfig()
+    if strategy is None:
+        strategy = distribute.make_strategy(runtime)
+    distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)
     learner = learner_lib.MetaLearner(
-        config.learner, jit_compile=jit_compile, strategy=strategy
+        config.learner,
+        strategy=strategy,
+        **distribute.learner_options(runtime),
     )
     top_k = checkpointing.TopKStore(learner, workdir, k=config.top_k_ensemble)
     if not top_k.entries:
@@ -294,6 +306,8 @@ def evaluate_workdir(
         or config.learner.num_eval_inner_steps,
         top_k_ensemble=config.top_k_ensemble,
     )
+    if not distribute.is_chief(strategy):
+        return summary
     path = write_summary(summary, workdir)
     log.info(
         "Wrote %s: %s accuracy %.4f +- %.4f (top-%d ensemble).",

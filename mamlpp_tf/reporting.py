@@ -126,13 +126,20 @@ class Reporter:
     Args:
       workdir: the run directory.
       config: the `ExperimentConfig`.
+      write_events: write TensorBoard events; False on the workers of a
+        multi-worker run other than the chief, which only log lines.
     """
 
-    def __init__(self, workdir: str | os.PathLike, config):
+    def __init__(
+        self, workdir: str | os.PathLike, config, *, write_events: bool = True
+    ):
         self._config = config
-        self._writer = tf.summary.create_file_writer(
-            str(pathlib.Path(workdir) / TENSORBOARD_DIR)
-        )
+        if write_events:
+            self._writer = tf.summary.create_file_writer(
+                str(pathlib.Path(workdir) / TENSORBOARD_DIR)
+            )
+        else:
+            self._writer = tf.summary.create_noop_writer()
         self._window = MeanWindow()
         self._total_steps = (
             config.learner.total_epochs * config.iterations_per_epoch

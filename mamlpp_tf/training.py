@@ -3,11 +3,20 @@
 The run directory:
 
     config.json         the resolved ExperimentConfig, written before step 1
+    runtime.json        where the latest start ran (strategy, replicas...)
     checkpoints/        ckpt-<global step>: the full training state
     top_k/              index.json and epoch_XXX/: the best epochs' weights
     metrics.csv         one row per epoch
     tensorboard/        TensorBoard events
     test_summary.json   the test protocol's result
+    workers/            multi-worker runs: each other worker's checkpoints
+
+Under a multi-worker strategy every worker runs the same steps (each takes
+part in every collective) and saves its own checkpoints and top-k weights,
+from which it resumes, but only the chief writes the run directory; the
+others keep theirs in `workers/<task type>_<task id>/`. The runtime
+(strategy, XLA, precision) is not part of the experiment: a run may be
+resumed under another strategy.
 
 Exact resume: the training task stream restarts at the saved task index,
 the schedules are pure functions of the epoch, and the checkpoint holds the
@@ -38,6 +47,8 @@ from mamlpp_tf import stop_signals
 
 log = logging.getLogger(__name__)
 
+RUNTIME_FILENAME = "runtime.json"
+
 
 @dataclasses.dataclass
 class _Run:
@@ -45,12 +56,13 @@ class _Run:
 
     config: experiment.ExperimentConfig
     workdir: pathlib.Path
+    worker_dir: pathlib.Path
     learner: learner_lib.MetaLearner
     splits: dict
     strategy: tf.distribute.Strategy | None
     checkpoint: checkpointing.TrainCheckpoint
     top_k: checkpointing.TopKStore
-    metrics: reporting.MetricsCsv
+    metrics: reporting.MetricsCsv | None
     reporter: reporting.Reporter
     stop: stop_signals.StopSignals
 
@@ -121,18 +133,19 @@ def _end_epoch(
     )
     meta_lr = learner.set_epoch(epoch)
     per_epoch = config.iterations_per_epoch
-    run.metrics.append(
-        {
-            "epoch": epoch,
-            "train_loss": progress.loss_sum / per_epoch,
-            "train_accuracy": progress.accuracy_sum / per_epoch,
-            "val_loss": val.loss,
-            "val_accuracy": val.accuracy_mean,
-            "val_accuracy_ci95": val.accuracy_ci95,
-            "meta_lr": meta_lr,
-            "seconds": round(progress.seconds + val_seconds, 3),
-        }
-    )
+    if run.metrics is not None:
+        run.metrics.append(
+            {
+                "epoch": epoch,
+                "train_loss": progress.loss_sum / per_epoch,
+                "train_accuracy": progress.accuracy_sum / per_epoch,
+                "val_loss": val.loss,
+                "val_accuracy": val.accuracy_mean,
+                "val_accuracy_ci95": val.accuracy_ci95,
+                "meta_lr": meta_lr,
+                "seconds": round(progress.seconds + val_seconds, 3),
+            }
+        )
     global_step = (epoch + 1) * per_epoch
     run.reporter.epoch_end(
         learner,
@@ -176,7 +189,7 @@ def _test(run: _Run) -> dict:
     )
     if summary is None:
         raise run.stop.interrupted("during the test", run.workdir)
-    path = evaluation.write_summary(summary, run.workdir)
+    path = evaluation.write_summary(summary, run.worker_dir)
     log.info(
         "Test: top-%d ensemble %.4f +- %.4f, single best (epoch %d) "
         "%.4f +- %.4f over %d tasks. Wrote %s.",
@@ -215,12 +228,32 @@ def _load_data(config: experiment.ExperimentConfig) -> dict:
     return splits
 
 
+def _write_runtime(
+    runtime: distribute.RuntimeConfig,
+    strategy: tf.distribute.Strategy,
+    workdir: pathlib.Path,
+) -> None:
+    """Records where this start of the run executes (rewritten at each)."""
+    values = {
+        **dataclasses.asdict(runtime),
+        "strategy_class": type(strategy).__name__,
+        "num_replicas_in_sync": strategy.num_replicas_in_sync,
+    }
+    path = workdir / RUNTIME_FILENAME
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(
+        json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    os.replace(temporary, path)
+    log.info("Runtime (in %s): %s", path, values)
+
+
 def train_and_evaluate(
     config: experiment.ExperimentConfig,
     workdir: str | os.PathLike,
     *,
+    runtime: distribute.RuntimeConfig | None = None,
     strategy: tf.distribute.Strategy | None = None,
-    jit_compile: bool = False,
 ) -> dict:
     """Trains `config` in `workdir`, then runs the test protocol.
 
@@ -230,10 +263,14 @@ def train_and_evaluate(
     Args:
       config: the experiment.
       workdir: the run directory (created if needed).
-      strategy: the `tf.distribute.Strategy` to run on; None for the
-        default. With several replicas every global batch is split across
+      runtime: where and how the steps run (XLA, mixed precision, tasks in
+        flight); None for the defaults. It changes no result beyond
+        rounding, so it is not part of the experiment.
+      strategy: the `tf.distribute.Strategy` that
+        `distribute.make_strategy(runtime)` built (apps build it before any
+        TensorFlow op runs, as logical devices require); None builds it
+        here. With several replicas every global batch is split across
         them.
-      jit_compile: compile the meta-steps with XLA.
 
     Returns:
       The test summary (also in `workdir/test_summary.json`).
@@ -246,21 +283,31 @@ def train_and_evaluate(
       FileNotFoundError: the data is missing.
       NonFiniteLossError: training diverged.
     """
+    runtime = runtime or distribute.RuntimeConfig()
+    if strategy is None:
+        strategy = distribute.make_strategy(runtime)
     workdir = pathlib.Path(workdir)
     _check_workdir(config, workdir)
+    distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)
     splits = _load_data(config)
     keras.utils.set_random_seed(config.seed)
     learner = learner_lib.MetaLearner(
-        config.learner, jit_compile=jit_compile, strategy=strategy
+        config.learner,
+        strategy=strategy,
+        **distribute.learner_options(runtime),
     )
-    experiment.write_config(config, workdir)
-    log.info(
-        "Experiment config (in %s):\n%s",
-        workdir / "config.json",
-        config.to_json(),
-    )
+    chief = distribute.is_chief(strategy)
+    worker_dir = distribute.worker_directory(strategy, workdir)
+    if chief:
+        experiment.write_config(config, workdir)
+        log.info(
+            "Experiment config (in %s):\n%s",
+            workdir / "config.json",
+            config.to_json(),
+        )
+        _write_runtime(runtime, strategy, workdir)
     checkpoint = checkpointing.TrainCheckpoint(
-        learner, workdir, keep=config.keep_checkpoints
+        learner, worker_dir, keep=config.keep_checkpoints
     )
     progress = checkpoint.restore_latest() or checkpointing.Progress()
     total = config.learner.total_epochs
@@ -270,7 +317,7 @@ def train_and_evaluate(
             f"more than total_epochs={total}. Set --total_epochs to "
             f"{progress.epoch} or more."
         )
-    summary_path = workdir / evaluation.SUMMARY_FILENAME.format(split="test")
+    summary_path = worker_dir / evaluation.SUMMARY_FILENAME.format(split="test")
     if progress.epoch == total and summary_path.exists():
         log.info(
             "%s has finished training and testing; see %s.",
@@ -278,16 +325,21 @@ def train_and_evaluate(
             summary_path,
         )
         return json.loads(summary_path.read_text(encoding="utf-8"))
-    top_k = checkpointing.TopKStore(learner, workdir, k=config.top_k_ensemble)
+    top_k = checkpointing.TopKStore(
+        learner, worker_dir, k=config.top_k_ensemble
+    )
     top_k.discard_from(progress.epoch)
-    metrics = reporting.MetricsCsv(workdir)
-    metrics.truncate(progress.epoch)
-    reporter = reporting.Reporter(workdir, config)
+    metrics = None
+    if chief:
+        metrics = reporting.MetricsCsv(workdir)
+        metrics.truncate(progress.epoch)
+    reporter = reporting.Reporter(workdir, config, write_events=chief)
     try:
         with stop_signals.StopSignals() as stop:
             run = _Run(
                 config,
                 workdir,
+                worker_dir,
                 learner,
                 splits,
                 strategy,

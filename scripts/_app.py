@@ -12,6 +12,7 @@ Exit codes of every app:
        training app saved a checkpoint first: rerun the same command.
 """
 
+import logging as std_logging
 import os
 import signal
 import sys
@@ -34,7 +35,8 @@ SIGNAL_EXIT_BASE = 128
 
 
 def define_runtime_flags():
-    """Defines --strategy and --jit_compile, for the apps that run steps.
+    """Defines the flags of `distribute.RuntimeConfig`, for the apps that run
+    meta-steps: where and how they run, never what they compute.
 
     Returns:
       A function () -> `distribute.RuntimeConfig` to call after parsing.
@@ -44,15 +46,51 @@ def define_runtime_flags():
         "default",
         distribute.STRATEGIES,
         "tf.distribute strategy: default (one device), one_device, "
-        "mirrored, multi_worker or tpu.",
+        "mirrored (local GPUs or logical CPUs), multi_worker (cluster from "
+        "TF_CONFIG) or tpu (with --tpu).",
+    )
+    tpu = flags.DEFINE_string(
+        "tpu",
+        None,
+        "With --strategy=tpu: the TPU's name or grpc:// address ('local' on "
+        "a TPU VM).",
+    )
+    logical_cpu_devices = flags.DEFINE_integer(
+        "logical_cpu_devices",
+        None,
+        "Split the CPU into this many logical devices, so that "
+        "--strategy=mirrored can run on a laptop (unset: leave it whole).",
+        lower_bound=1,
     )
     jit_compile = flags.DEFINE_bool(
-        "jit_compile", False, "Compile the meta-steps with XLA."
+        "jit_compile",
+        False,
+        "Compile each meta-step, outer tape included, with XLA.",
+    )
+    mixed_precision = flags.DEFINE_enum(
+        "mixed_precision",
+        "none",
+        ("none", "bfloat16"),
+        "bfloat16: convolutions and matmuls in bfloat16; variables, "
+        "fast-weight arithmetic, LSLR rates, BN statistics and the loss stay "
+        "float32.",
+    )
+    parallel_tasks = flags.DEFINE_integer(
+        "parallel_tasks",
+        1,
+        "Tasks of a meta-batch in flight at once on each replica.",
+        lower_bound=1,
     )
 
     def runtime_config() -> distribute.RuntimeConfig:
+        precision = mixed_precision.value
         return distribute.RuntimeConfig(
-            strategy=strategy.value, jit_compile=jit_compile.value
+            strategy=strategy.value,
+            tpu=tpu.value,
+            logical_cpu_devices=logical_cpu_devices.value,
+            jit_compile=jit_compile.value,
+            mixed_precision=None if precision == "none" else precision,
+            parallel_tasks=parallel_tasks.value,
         )
 
     return runtime_config
@@ -85,4 +123,7 @@ def run(main):
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             _fail(str(error), EXIT_BAD_INPUT)
 
+    # tf.distribute logs every collective and checkpoint shard at INFO: a
+    # few lines per evaluation batch under a strategy. Keep its warnings.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     app.run(guarded_main)

@@ -54,7 +54,7 @@ def main(argv):
         config,
         benchmark.BenchmarkConfig(phase=_PHASE.value, steps=_STEPS.value,
                                   warmup=_WARMUP.value, epoch=_EPOCH.value),
-        train_app._RUNTIME_CONFIG(),  # noqa: SLF001
+        train_app.runtime_config(),
     )
     text = json.dumps(figures, indent=2, sort_keys=True)
     print(text)

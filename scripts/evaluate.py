@@ -40,12 +40,14 @@ def main(argv):
     """Runs the app; `argv` holds no positional arguments (checked)."""
     del argv
     runtime = _RUNTIME_CONFIG()
+    # Before any TensorFlow op: it may split the CPU into logical devices.
+    strategy = distribute.make_strategy(runtime)
     summary = evaluation.evaluate_workdir(
         _WORKDIR.value,
         split=_SPLIT.value,
         num_eval_inner_steps=_NUM_EVAL_INNER_STEPS.value,
-        strategy=distribute.make_strategy(runtime),
-        jit_compile=runtime.jit_compile,
+        runtime=runtime,
+        strategy=strategy,
     )
     print(json.dumps(summary, indent=2))
 

@@ -270,16 +270,20 @@ def experiment_config() -> experiment.ExperimentConfig:
     )
 
 
+def runtime_config() -> distribute.RuntimeConfig:
+    """The RuntimeConfig the flags describe (--strategy, --jit_compile...)."""
+    return _RUNTIME_CONFIG()
+
+
 def main(argv):
     """Runs the app; `argv` holds no positional arguments (checked)."""
     del argv
     config = experiment_config()
-    runtime = _RUNTIME_CONFIG()
+    runtime = runtime_config()
+    # Before any TensorFlow op: it may split the CPU into logical devices.
+    strategy = distribute.make_strategy(runtime)
     training.train_and_evaluate(
-        config,
-        _WORKDIR.value,
-        strategy=distribute.make_strategy(runtime),
-        jit_compile=runtime.jit_compile,
+        config, _WORKDIR.value, runtime=runtime, strategy=strategy
     )
 
 

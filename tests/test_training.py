@@ -94,6 +94,7 @@ def test_the_run_directory_holds_what_the_readme_lists(config, finished):
         "checkpoints",
         "config.json",
         "metrics.csv",
+        "runtime.json",
         "tensorboard",
         "test_summary.json",
         "top_k",
