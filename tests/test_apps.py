@@ -9,7 +9,10 @@ import pytest
 
 from helpers import apps
 from helpers import experiments
+from mamlpp_tf import checkpointing
 from mamlpp_tf import experiment
+from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import reporting
 
 SMOKE = apps.FLAGS_DIR / "smoke.cfg"
 TEST_SUMMARY_KEYS = {
@@ -156,6 +159,22 @@ def _refused(result, message):
             2,
             "error: --msl_epochs has no effect with --multi_step_loss=false",
         ),
+        (
+            [f"--flagfile={SMOKE}", "--strategy=tpu"],
+            2,
+            "error: strategy='tpu' needs the TPU's name or address",
+        ),
+        (
+            [
+                f"--flagfile={SMOKE}",
+                "--strategy=mirrored",
+                "--logical_cpu_devices=2",
+                "--meta_batch_size=3",
+                "--num_eval_tasks=3",
+            ],
+            2,
+            "error: meta_batch_size=3 does not split over 2 replicas",
+        ),
     ],
 )
 def test_train_refuses_bad_flags_without_touching_the_workdir(
@@ -184,3 +203,37 @@ def test_evaluate_refuses_an_empty_workdir(tmp_path):
     _refused(result, "it is not a run directory")
     assert result.returncode == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_runs_in_bfloat16_under_xla(tmp_path):
+    # One meta-step, validation and test on 2 tasks: the flags reach the
+    # learner (their numerics are checked in test_distribute.py).
+    workdir = tmp_path / "run"
+    result = apps.run(
+        "train",
+        f"--flagfile={SMOKE}",
+        f"--workdir={workdir}",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+        "--total_epochs=1",
+        "--iterations_per_epoch=1",
+        "--num_eval_tasks=2",
+        "--top_k_ensemble=1",
+        "--mixed_precision=bfloat16",
+        "--jit_compile",
+        "--parallel_tasks=2",
+    )
+    assert result.returncode == 0, apps.describe(result)
+    runtime = json.loads((workdir / "runtime.json").read_text())
+    assert runtime["mixed_precision"] == "bfloat16"
+    assert runtime["jit_compile"] is True
+    assert runtime["parallel_tasks"] == 2
+    row = reporting.MetricsCsv(workdir).rows()[0]
+    assert 0.0 < float(row["train_loss"]) < 10.0
+    assert (workdir / "test_summary.json").exists()
+    # Its state is float32: it restores into a plain learner.
+    config = experiment.read_config(workdir)
+    learner = learner_lib.MetaLearner(config.learner)
+    progress = checkpointing.TrainCheckpoint(
+        learner, workdir, keep=config.keep_checkpoints
+    ).restore_latest()
+    assert progress.epoch == 1

@@ -1,29 +1,45 @@
-"""tf.distribute, XLA and mixed precision give the plain path's results."""
+"""tf.distribute, XLA and mixed precision give the plain path's results;
+runs move between strategies; two worker processes train in step."""
 
 import json
 import os
 import pathlib
+import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import apps
+from mamlpp_tf import checkpointing
 from mamlpp_tf import config as config_lib
 from mamlpp_tf import distribute
+from mamlpp_tf import evaluation
+from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import reporting
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _tiny(**overrides):
     return config_lib.mamlpp(
-        num_ways=3, num_shots=2, num_queries=2, meta_batch_size=2,
-        image_shape=(8, 8, 1), num_filters=4, num_stages=2,
-        num_inner_steps=2, num_eval_inner_steps=2,
-        first_order_to_second_order_epoch=-1, **overrides,
+        num_ways=3,
+        num_shots=2,
+        num_queries=2,
+        meta_batch_size=2,
+        image_shape=(8, 8, 1),
+        num_filters=4,
+        num_stages=2,
+        num_inner_steps=2,
+        num_eval_inner_steps=2,
+        first_order_to_second_order_epoch=-1,
+        **overrides,
     )
 
 
@@ -33,11 +49,19 @@ def _batch(config, seed=0):
     shots, queries = n * config.num_shots, n * config.num_queries
     return {
         "support_x": tf.constant(rng.random((t, shots, 8, 8, 1), np.float32)),
-        "support_y": tf.constant(np.tile(np.repeat(
-            np.arange(n, dtype=np.int32), config.num_shots), (t, 1))),
+        "support_y": tf.constant(
+            np.tile(
+                np.repeat(np.arange(n, dtype=np.int32), config.num_shots),
+                (t, 1),
+            )
+        ),
         "query_x": tf.constant(rng.random((t, queries, 8, 8, 1), np.float32)),
-        "query_y": tf.constant(np.tile(np.repeat(
-            np.arange(n, dtype=np.int32), config.num_queries), (t, 1))),
+        "query_y": tf.constant(
+            np.tile(
+                np.repeat(np.arange(n, dtype=np.int32), config.num_queries),
+                (t, 1),
+            )
+        ),
     }
 
 
@@ -51,29 +75,37 @@ def _pair(config, **kwargs):
 
 
 def _assert_same_weights(plain, other, atol):
-    for name, a, b in zip(plain.trainable_variable_names,
-                          plain.trainable_variables,
-                          other.trainable_variables):
+    for name, a, b in zip(
+        plain.trainable_variable_names,
+        plain.trainable_variables,
+        other.trainable_variables,
+    ):
         if name.startswith("network/conv") and name.endswith("/bias"):
             # BN cancels conv biases: their meta-gradient is rounding noise,
             # which Adam turns into +-lr steps of either sign.
             continue
-        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=atol,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            b.numpy(), a.numpy(), atol=atol, err_msg=name
+        )
 
 
 def test_mirrored_two_logical_cpus_matches_one_device():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests/helpers/mirrored_equivalence.py")],
-        capture_output=True, text=True, timeout=600, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     for epoch in (0, 1):
         assert result[f"loss_diff_{epoch}"] <= 1e-5 * max(
-            1.0, result[f"loss_{epoch}"])
+            1.0, result[f"loss_{epoch}"]
+        )
     for name, diff in result["per_variable"].items():
         if name.startswith("network/conv") and name.endswith("/bias"):
             continue  # See _assert_same_weights.
@@ -91,8 +123,8 @@ def test_jit_compile_matches_the_plain_step():
     m1, m2 = plain.train_step(batch, 0), jitted.train_step(batch, 0)
     np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
     _assert_same_weights(plain, jitted, atol=1e-5)
-    e1, l1 = plain.eval_step(batch)
-    e2, l2 = jitted.eval_step(batch)
+    _, l1 = plain.eval_step(batch)
+    _, l2 = jitted.eval_step(batch)
     np.testing.assert_allclose(l2, l1, atol=1e-4)
 
 
@@ -134,9 +166,235 @@ def test_meta_batch_must_split_over_replicas():
 
     with pytest.raises(ValueError, match="does not split over 3 replicas"):
         from mamlpp_tf import data as data_lib
+
         distribute.episode_batches(
-            FakeStrategy(), None,
-            data_lib.EpisodeConfig(num_ways=2, num_shots=1, num_queries=1,
-                                   meta_batch_size=4),
+            FakeStrategy(),
+            None,
+            data_lib.EpisodeConfig(
+                num_ways=2, num_shots=1, num_queries=1, meta_batch_size=4
+            ),
             split="train",
         )
+
+
+# -- The apps under strategies: tiny smoke.cfg runs in subprocesses -------
+
+SMOKE = apps.FLAGS_DIR / "smoke.cfg"
+# Two MAML++ meta-steps, second order with MSL, one checkpoint after each,
+# validation and the test on 2 fixed tasks. meta_batch_size=2: one task
+# per replica on 2 replicas.
+TINY_RUN = (
+    f"--flagfile={SMOKE}",
+    "--total_epochs=1",
+    "--iterations_per_epoch=2",
+    "--first_order_to_second_order_epoch=-1",
+    "--num_eval_tasks=2",
+    "--top_k_ensemble=1",
+    "--checkpoint_every=1",
+)
+RUN_TIMEOUT_S = 300
+
+
+def _train(workdir, tfds_dir, *args):
+    result = apps.run(
+        "train",
+        *TINY_RUN,
+        f"--workdir={workdir}",
+        f"--tfds_data_dir={tfds_dir}",
+        *args,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert result.returncode == 0, apps.describe(result)
+    return result
+
+
+def _checkpoint_values(prefix) -> dict:
+    """Network, LSLR and Adam values saved at `prefix`, by key."""
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key.split("/")[0] in ("network", "inner_rates", "optimizer")
+    }
+
+
+def _is_conv_bias(key) -> bool:
+    # See _assert_same_weights: rounding noise, amplified by Adam.
+    return "-conv" in key and key.split("/")[1].endswith("-bias")
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(tmp_path_factory, tfds_dir):
+    """The workdir of a tiny run on MirroredStrategy over 2 logical CPUs."""
+    workdir = tmp_path_factory.mktemp("mirrored") / "run"
+    _train(workdir, tfds_dir, "--strategy=mirrored", "--logical_cpu_devices=2")
+    return workdir
+
+
+def test_a_mirrored_run_restores_evaluates_and_resumes_on_one_device(
+    mirrored_run, tmp_path
+):
+    runtime = json.loads((mirrored_run / "runtime.json").read_text())
+    assert runtime["strategy"] == "mirrored"
+    assert runtime["num_replicas_in_sync"] == 2
+
+    # Restore into a learner on the default strategy (this process).
+    config = experiment.read_config(mirrored_run)
+    learner = learner_lib.MetaLearner(config.learner)
+    progress = checkpointing.TrainCheckpoint(
+        learner, mirrored_run, keep=config.keep_checkpoints
+    ).restore_latest()
+    assert (progress.epoch, progress.iteration) == (1, 0)
+    saved = _checkpoint_values(mirrored_run / "checkpoints" / "ckpt-2")
+    # What the restored learner holds, saved again from this process.
+    restored = _checkpoint_values(
+        checkpointing.TrainCheckpoint(
+            learner, tmp_path / "restored", keep=2
+        ).save(progress, step=2)
+    )
+    assert saved.keys() == restored.keys()
+    for key, value in saved.items():
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+
+    # Evaluate its top-k weights on one device: the validation the run
+    # made on 2 replicas, to rounding.
+    summary = evaluation.evaluate_workdir(mirrored_run, split="val")
+    row = reporting.MetricsCsv(mirrored_run).rows()[0]
+    assert summary["num_val_tasks"] == 2
+    assert summary["single_best_accuracy_mean"] == pytest.approx(
+        float(row["val_accuracy"])
+    )
+    assert summary["single_best_loss"] == pytest.approx(
+        float(row["val_loss"]), rel=1e-5
+    )
+
+    # Resume it for another epoch on one device: the runtime is not part
+    # of the experiment.
+    workdir = tmp_path / "resumed"
+    shutil.copytree(mirrored_run, workdir)
+    result = _train(workdir, config.data.tfds_data_dir, "--total_epochs=2")
+    assert "Restored" in result.stderr
+    assert [r["epoch"] for r in reporting.MetricsCsv(workdir).rows()] == [
+        "0",
+        "1",
+    ]
+    runtime = json.loads((workdir / "runtime.json").read_text())
+    assert runtime["strategy"] == "default"
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(
+    mirrored_run, tfds_dir, tmp_path
+):
+    # Two processes on this machine, one CPU replica each. The synthetic
+    # data is already prepared in tfds_dir (by mirrored_run), so the
+    # workers only read it.
+    workdir = tmp_path / "run"
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    command = apps.command(
+        "train",
+        *TINY_RUN,
+        f"--workdir={workdir}",
+        f"--tfds_data_dir={tfds_dir}",
+        "--strategy=multi_worker",
+    )
+    processes, logs = [], []
+    try:
+        for index in range(2):
+            tf_config = {
+                "cluster": cluster,
+                "task": {"type": "worker", "index": index},
+            }
+            logs.append(tmp_path / f"worker_{index}.log")
+            with open(logs[-1], "w") as log_file:
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=apps.REPO,
+                        env={**apps.ENV, "TF_CONFIG": json.dumps(tf_config)},
+                    )
+                )
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        for process in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1.0))
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"The workers ran past {RUN_TIMEOUT_S} s:\n"
+            + "\n".join(p.read_text()[-3000:] for p in logs)
+        )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, log_path in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log_path.read_text()[-5000:]
+
+    # The chief (worker 0) wrote the run directory; worker 1 only its own
+    # checkpoints, top-k weights and test summary, beside it.
+    worker_dir = workdir / "workers" / "worker_1"
+    assert sorted(p.name for p in workdir.iterdir()) == [
+        "checkpoints",
+        "config.json",
+        "metrics.csv",
+        "runtime.json",
+        "tensorboard",
+        "test_summary.json",
+        "top_k",
+        "workers",
+    ]
+    assert sorted(p.name for p in (workdir / "workers").iterdir()) == [
+        "worker_1"
+    ]
+    assert sorted(p.name for p in worker_dir.iterdir()) == [
+        "checkpoints",
+        "test_summary.json",
+        "top_k",
+    ]
+    assert len(reporting.MetricsCsv(workdir).rows()) == 1
+    runtime = json.loads((workdir / "runtime.json").read_text())
+    assert runtime["num_replicas_in_sync"] == 2
+    assert json.loads((worker_dir / "test_summary.json").read_text()) == (
+        json.loads((workdir / "test_summary.json").read_text())
+    )
+
+    # Both workers end with the same weights, BN statistics, LSLR rates
+    # and Adam state, bit for bit...
+    chief = _checkpoint_values(workdir / "checkpoints" / "ckpt-2")
+    worker = _checkpoint_values(worker_dir / "checkpoints" / "ckpt-2")
+    assert chief.keys() == worker.keys()
+    for key, value in chief.items():
+        np.testing.assert_array_equal(worker[key], value, err_msg=key)
+    # ...which the second meta-step moved...
+    first = _checkpoint_values(workdir / "checkpoints" / "ckpt-1")
+    kernels = [k for k in chief if k.startswith("network/") and "-kernel" in k]
+    assert len(kernels) == 5
+    for key in kernels:
+        assert not np.array_equal(chief[key], first[key]), key
+    # ...the ones two replicas in one process reach on the same tasks (each
+    # worker fed its own half of every meta-batch).
+    mirrored = _checkpoint_values(mirrored_run / "checkpoints" / "ckpt-2")
+    for key, value in chief.items():
+        if key.startswith(("network/", "inner_rates/")) and not (
+            _is_conv_bias(key)
+        ):
+            np.testing.assert_allclose(
+                value, mirrored[key], atol=1e-5, err_msg=key
+            )
