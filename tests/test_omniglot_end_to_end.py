@@ -79,8 +79,12 @@ def test_omniglot_train_evaluate_export_reload(omniglot_dir, tmp_path):
 
     served = run_saved_model.run_in_subprocess(export_dir, task, tmp_path)
 
+    # Two graphs of the same float32 maths (the in-graph task loop here,
+    # the serving function there) fuse ops differently, and 5 adaptation
+    # steps carry the rounding: agreement to 1e-5 of the logits' scale.
+    scale = max(1.0, float(np.abs(logits[0]).max()))
     np.testing.assert_allclose(
-        served["adapt_and_predict"], logits[0], atol=1e-5
+        served["adapt_and_predict"], logits[0], atol=1e-5 * scale
     )
     np.testing.assert_array_equal(
         np.argmax(served["adapt_and_predict"], -1), np.argmax(logits[0], -1)
