@@ -67,6 +67,7 @@ def main(argv):
         epochs, accuracy, ci95 = _read_curve(workdir)
         axes.errorbar(epochs, accuracy, yerr=ci95, marker="o", capsize=3,
                       label=_label(label, workdir))
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_xlabel("epoch (500 meta-iterations each)")
     axes.set_ylabel("validation accuracy (%)")
     axes.set_title(_TITLE.value)
