@@ -43,6 +43,10 @@ class RuntimeConfig:
         in bfloat16 while variables, fast-weight arithmetic, LSLR rates, BN
         statistics and the loss stay float32.
       parallel_tasks: tasks of a meta-batch in flight at once per replica.
+      intra_op_threads: threads each TensorFlow op may use; None picks
+        cpu_count // parallel_tasks on a host without GPUs (the tasks in
+        flight share the cores: measured fastest on our 2-core CPU, see
+        BENCHMARKS.md) and TensorFlow's default elsewhere.
     """
 
     strategy: str = "default"
@@ -51,6 +55,7 @@ class RuntimeConfig:
     jit_compile: bool = False
     mixed_precision: str | None = None
     parallel_tasks: int = 1
+    intra_op_threads: int | None = None
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -81,6 +86,11 @@ class RuntimeConfig:
                 f"mixed_precision must be one of {MIXED_PRECISION}, got "
                 f"{self.mixed_precision!r}."
             )
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            raise ValueError(
+                "intra_op_threads must be None (automatic) or >= 1, got "
+                f"{self.intra_op_threads}."
+            )
         if self.parallel_tasks < 1:
             raise ValueError(
                 f"parallel_tasks must be >= 1, got {self.parallel_tasks}."
@@ -105,6 +115,34 @@ def configure_devices(runtime: RuntimeConfig) -> None:
         ) from error
 
 
+def intra_op_threads(runtime: RuntimeConfig) -> int | None:
+    """The intra-op thread count `runtime` asks for (None: TF's default)."""
+    if runtime.intra_op_threads is not None:
+        return runtime.intra_op_threads
+    if runtime.parallel_tasks > 1 and not tf.config.list_physical_devices(
+        "GPU"
+    ):
+        return max(1, (os.cpu_count() or 1) // runtime.parallel_tasks)
+    return None
+
+
+def _configure_threads(runtime: RuntimeConfig) -> None:
+    threads = intra_op_threads(runtime)
+    if threads is None:
+        return
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.warning(
+            "TensorFlow already started with %s intra-op threads; %d were "
+            "asked for and are not applied. Build the strategy before any "
+            "TensorFlow op runs.", current or "its default", threads,
+        )
+
+
 def _worker_devices():
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
@@ -120,6 +158,7 @@ def make_strategy(
     if isinstance(runtime, str):
         runtime = RuntimeConfig(strategy=runtime)
     configure_devices(runtime)
+    _configure_threads(runtime)
     name = runtime.strategy
     if name == "default":
         return tf.distribute.get_strategy()

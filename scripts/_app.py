@@ -77,8 +77,16 @@ def define_runtime_flags():
     )
     parallel_tasks = flags.DEFINE_integer(
         "parallel_tasks",
-        1,
-        "Tasks of a meta-batch in flight at once on each replica.",
+        2,
+        "Tasks of a meta-batch in flight at once on each replica (2 ran "
+        "fastest on our 2-core CPU; see BENCHMARKS.md).",
+        lower_bound=1,
+    )
+    intra_op_threads = flags.DEFINE_integer(
+        "intra_op_threads",
+        None,
+        "Threads per TensorFlow op (unset: CPU cores / --parallel_tasks on "
+        "a host without GPUs, TensorFlow's default otherwise).",
         lower_bound=1,
     )
 
@@ -91,6 +99,7 @@ def define_runtime_flags():
             jit_compile=jit_compile.value,
             mixed_precision=None if precision == "none" else precision,
             parallel_tasks=parallel_tasks.value,
+            intra_op_threads=intra_op_threads.value,
         )
 
     return runtime_config

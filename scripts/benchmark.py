@@ -20,8 +20,6 @@ except ImportError:  # Run as `python scripts/benchmark.py`.
     import _app
     import train as train_app
 
-import tensorflow as tf
-
 from mamlpp_tf import benchmark
 
 _PHASE = flags.DEFINE_enum("phase", "train", benchmark.PHASES,
@@ -35,20 +33,12 @@ _EPOCH = flags.DEFINE_integer(
 )
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None,
                                    "Also write the figures here.")
-_INTRA_OP_THREADS = flags.DEFINE_integer(
-    "intra_op_threads", 0, "TensorFlow intra-op threads (0: TF's default).",
-    lower_bound=0,
-)
 # The benchmark writes nothing to a run directory.
 flags.FLAGS.set_default("workdir", "")
 
 
 def main(argv):
     del argv  # Checked by _app.run.
-    if _INTRA_OP_THREADS.value:
-        tf.config.threading.set_intra_op_parallelism_threads(
-            _INTRA_OP_THREADS.value
-        )
     config = train_app.experiment_config().learner
     figures = benchmark.run_benchmark(
         config,

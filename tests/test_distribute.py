@@ -398,3 +398,18 @@ def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(
             np.testing.assert_allclose(
                 value, mirrored[key], atol=1e-5, err_msg=key
             )
+
+
+def test_intra_op_threads_share_the_cores_between_tasks_in_flight():
+    cores = os.cpu_count() or 1
+    auto = distribute.RuntimeConfig(parallel_tasks=2)
+    if tf.config.list_physical_devices("GPU"):
+        assert distribute.intra_op_threads(auto) is None
+    else:
+        assert distribute.intra_op_threads(auto) == max(1, cores // 2)
+    assert distribute.intra_op_threads(
+        distribute.RuntimeConfig(parallel_tasks=1)) is None
+    assert distribute.intra_op_threads(
+        distribute.RuntimeConfig(parallel_tasks=2, intra_op_threads=3)) == 3
+    with pytest.raises(ValueError, match="intra_op_threads must be None"):
+        distribute.RuntimeConfig(intra_op_threads=0)
