@@ -33,15 +33,17 @@ _EPOCH = flags.DEFINE_integer(
 )
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None,
                                    "Also write the figures here.")
-# The benchmark writes nothing to a run directory and reads no data: the
-# flagfiles' data flags are parsed, and a dataset that needs --data_dir gets
-# this placeholder, which is never opened.
+# The benchmark writes nothing to a run directory.
 flags.FLAGS.set_default("workdir", "")
-flags.FLAGS.set_default("data_dir", "unused-by-mamlpp-benchmark")
+# It reads no data either: a dataset that needs --data_dir gets this
+# placeholder, which is never opened.
+_NO_DATA_DIR = "unused-by-mamlpp-benchmark"
 
 
 def main(argv):
     del argv  # Checked by _app.run.
+    if flags.FLAGS.data_dir is None and flags.FLAGS.dataset != "synthetic":
+        flags.FLAGS.data_dir = _NO_DATA_DIR
     config = train_app.experiment_config().learner
     figures = benchmark.run_benchmark(
         config,

@@ -65,3 +65,18 @@ def test_bad_benchmark_config():
         benchmark.BenchmarkConfig(phase="serve")
     with pytest.raises(ValueError, match="steps must be >= 1"):
         benchmark.BenchmarkConfig(steps=0)
+
+
+def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
+    # The paper flagfiles name datasets that need --data_dir; the benchmark
+    # uses random inputs and must not ask for one.
+    output = tmp_path / "bench.json"
+    result = apps.run(
+        "benchmark",
+        f"--flagfile={apps.FLAGS_DIR / 'maml++_mini_imagenet_5way_1shot.cfg'}",
+        "--num_filters=4", "--num_queries=1", "--phase=eval", "--steps=1",
+        "--warmup=0", f"--output_json={output}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(output.read_text())
+    assert figures["config"]["image_shape"] == [84, 84, 3]
