@@ -47,6 +47,13 @@ class RuntimeConfig:
         cpu_count // parallel_tasks on a host without GPUs (the tasks in
         flight share the cores: measured fastest on our 2-core CPU, see
         BENCHMARKS.md) and TensorFlow's default elsewhere.
+      per_step_accuracy: score the query set after every inner step (a
+        diagnostic; the authors' code and the default score it only where
+        its loss counts, which saves num_steps - 1 query passes per task
+        when MSL is off and in evaluation).
+      fused_batch_norm: batch norm through TensorFlow's fused kernels:
+        faster on large images, less precise in float32 on CPU (see
+        BENCHMARKS.md).
     """
 
     strategy: str = "default"
@@ -56,6 +63,8 @@ class RuntimeConfig:
     mixed_precision: str | None = None
     parallel_tasks: int = 1
     intra_op_threads: int | None = None
+    per_step_accuracy: bool = False
+    fused_batch_norm: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -193,6 +202,8 @@ def learner_options(runtime: RuntimeConfig) -> dict:
         "jit_compile": runtime.jit_compile,
         "parallel_tasks": runtime.parallel_tasks,
         "mixed_precision": runtime.mixed_precision,
+        "per_step_accuracy": runtime.per_step_accuracy,
+        "fused_batch_norm": runtime.fused_batch_norm,
     }
 
 

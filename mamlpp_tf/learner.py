@@ -43,12 +43,22 @@ class MetaLearner:
       mixed_precision: None, or "bfloat16" to run convolutions and matmuls
         in bfloat16; variables, fast-weight arithmetic, LSLR rates, BN
         statistics and the loss stay in `config.dtype`.
+      per_step_accuracy: score the query set after every inner step, in
+        training and evaluation. False (the default, and what the authors'
+        code does) runs the query set only where its loss counts and
+        reports NaN as the accuracy of the other steps; the meta-gradients
+        and final accuracies are the same either way.
+      fused_batch_norm: batch norm through TensorFlow's fused kernels
+        (faster on large images, less precise in float32 on CPU; see
+        `layers.per_step_batch_norm.fused_normalize`).
     """
 
     def __init__(self, config: config_lib.MetaLearnerConfig, *,
                  jit_compile: bool = False, parallel_tasks: int = 1,
                  strategy: tf.distribute.Strategy | None = None,
-                 mixed_precision: str | None = None):
+                 mixed_precision: str | None = None,
+                 per_step_accuracy: bool = False,
+                 fused_batch_norm: bool = False):
         if mixed_precision not in (None, "bfloat16"):
             raise ValueError(
                 f"mixed_precision must be None or 'bfloat16', got "
@@ -63,9 +73,12 @@ class MetaLearner:
         self.mixed_precision = mixed_precision
         self.jit_compile = jit_compile
         self.parallel_tasks = parallel_tasks
+        self.per_step_accuracy = per_step_accuracy
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.model = model_lib.build_classifier(config, mixed_precision)
+            self.model = model_lib.build_classifier(
+                config, mixed_precision, fused_batch_norm
+            )
             self.adapted_names = self.model.adapted_param_names(
                 config.adapt_bn_in_inner_loop
             )
@@ -164,6 +177,7 @@ class MetaLearner:
             loss_weights=loss_weights,
             moment_channels=[self.config.num_filters] * self.config.num_stages,
             parallel_iterations=self.parallel_tasks,
+            every_step_accuracy=self.per_step_accuracy,
         )
         loss = tf.nn.compute_average_loss(
             sums["losses"], global_batch_size=global_batch_size
@@ -354,6 +368,7 @@ class MetaLearner:
             self._forward, self._rate_fn(rates), params, task,
             num_steps=num_steps, adapted_names=self.adapted_names,
             second_order=False, training=False,
+            every_step_accuracy=self.per_step_accuracy,
         )
 
     def _build_eval_fn(self, num_steps: int):

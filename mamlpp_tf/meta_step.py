@@ -48,6 +48,7 @@ def check_batch(batch, config) -> None:
 def task_meta_gradients(
     forward, rate, params: dict, rates: dict, task: dict, *, num_steps: int,
     adapted_names, second_order: bool, loss_weights,
+    every_step_accuracy: bool = True,
 ):
     """One task's query loss and its gradients w.r.t. params and rates.
 
@@ -60,6 +61,7 @@ def task_meta_gradients(
             forward, rate, params, task, num_steps=num_steps,
             adapted_names=adapted_names, second_order=second_order,
             training=True, loss_weights=loss_weights, outer_tape=tape,
+            every_step_accuracy=every_step_accuracy,
         )
     grads = tape.gradient(
         result.loss, watched,
@@ -74,6 +76,7 @@ def batch_meta_gradients(
     forward, rate_fn, params: dict, rates: dict, batch: dict, *,
     num_steps: int, adapted_names, second_order: bool, loss_weights,
     moment_channels: list[int], parallel_iterations: int = 1,
+    every_step_accuracy: bool = True,
 ):
     """Sums over the tasks of `batch` (loop in the graph).
 
@@ -81,6 +84,7 @@ def batch_meta_gradients(
       rate_fn: rate_fn(rates) -> a `Rate` over the given rate tensors.
       moment_channels: channels of each BN stage (shapes of the moments).
       parallel_iterations: tasks in flight at once in the graph loop.
+      every_step_accuracy: see `inner_loop.run_inner_loop`.
 
     Returns a dict: "losses" [tasks] (each task's loss), "param_grads" and
     "rate_grads" (sums over tasks), "accuracy" [tasks], "step_accuracies"
@@ -93,6 +97,7 @@ def batch_meta_gradients(
             forward, rate_fn(rates), params, rates, task,
             num_steps=num_steps, adapted_names=adapted_names,
             second_order=second_order, loss_weights=loss_weights,
+            every_step_accuracy=every_step_accuracy,
         )
         return {
             "loss": loss,

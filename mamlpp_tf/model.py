@@ -32,6 +32,7 @@ class FewShotClassifier(keras.Model):
       bn_momentum, bn_epsilon: see `PerStepBatchNorm`.
       matmul_dtype: None, or "bfloat16" for mixed precision: convolutions
         and the classifier's matmul in bfloat16, the rest in float32.
+      fused_batch_norm: see `PerStepBatchNorm(fused=...)`.
 
     Call args:
       inputs: [batch, H, W, C].
@@ -46,7 +47,8 @@ class FewShotClassifier(keras.Model):
                  num_statistics_slots: int = 1,
                  use_running_statistics: bool = False,
                  bn_momentum: float = 0.1, bn_epsilon: float = 1e-5,
-                 matmul_dtype: str | None = None, **kwargs):
+                 matmul_dtype: str | None = None,
+                 fused_batch_norm: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_ways = num_ways
         self.num_filters = num_filters
@@ -58,6 +60,7 @@ class FewShotClassifier(keras.Model):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.matmul_dtype = matmul_dtype
+        self.fused_batch_norm = fused_batch_norm
         strides = 2 if downsampling == "strided" else 1
         self.convs = [
             MetaConv2D(num_filters, strides=strides, name=f"conv{i}",
@@ -68,7 +71,8 @@ class FewShotClassifier(keras.Model):
             PerStepBatchNorm(
                 num_weight_slots, num_statistics_slots,
                 use_running_statistics, bn_momentum, bn_epsilon,
-                name=f"norm{i}", dtype=self.dtype_policy,
+                fused=fused_batch_norm, name=f"norm{i}",
+                dtype=self.dtype_policy,
             )
             for i in range(num_stages)
         ]
@@ -158,16 +162,19 @@ class FewShotClassifier(keras.Model):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "matmul_dtype": self.matmul_dtype,
+            "fused_batch_norm": self.fused_batch_norm,
         }
 
 
 def build_classifier(
-    config: config_lib.MetaLearnerConfig, matmul_dtype: str | None = None
+    config: config_lib.MetaLearnerConfig, matmul_dtype: str | None = None,
+    fused_batch_norm: bool = False,
 ) -> FewShotClassifier:
     """The backbone of `config`, built (its variables exist on return).
 
     Args:
       matmul_dtype: None, or "bfloat16" for mixed precision.
+      fused_batch_norm: see `PerStepBatchNorm(fused=...)`.
     """
     per_step_weights = config.per_step_bn_weights
     per_step_stats = config.per_step_bn_statistics
@@ -182,6 +189,7 @@ def build_classifier(
         bn_momentum=config.bn_momentum,
         bn_epsilon=config.bn_epsilon,
         matmul_dtype=matmul_dtype,
+        fused_batch_norm=fused_batch_norm,
         dtype=config.dtype,
         name="few_shot_classifier",
     )

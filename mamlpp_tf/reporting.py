@@ -50,6 +50,14 @@ def write_scalar(tag: str, value) -> None:
     tf.summary.write(tag, tf.cast(value, tf.float32), metadata=_SCALAR_METADATA)
 
 
+def _write_per_step(prefix: str, values) -> None:
+    """`prefix`/step_k for each measured step (NaN: the step's query set
+    was not run, see `MetaLearner(per_step_accuracy=...)`)."""
+    for step, value in enumerate(values):
+        if np.isfinite(value):
+            write_scalar(f"{prefix}/step_{step}", value)
+
+
 class MetricsCsv:
     """`workdir/metrics.csv`: one row per epoch, columns METRICS_COLUMNS."""
 
@@ -181,8 +189,8 @@ class Reporter:
             write_scalar("train/loss", means["loss"])
             write_scalar("train/accuracy", means["accuracy"])
             write_scalar("train/iterations_per_second", rate)
-            for step, value in enumerate(means["per_step_accuracy"]):
-                write_scalar(f"train/per_step_accuracy/step_{step}", value)
+            _write_per_step("train/per_step_accuracy",
+                            means["per_step_accuracy"])
             for step, value in enumerate(means["per_step_loss"]):
                 write_scalar(f"train/per_step_loss/step_{step}", value)
 
@@ -204,8 +212,8 @@ class Reporter:
             write_scalar("val/loss", val_result.loss)
             write_scalar("val/accuracy", val_result.accuracy_mean)
             write_scalar("val/accuracy_ci95", val_result.accuracy_ci95)
-            for step, value in enumerate(val_result.per_step_accuracy):
-                write_scalar(f"val/per_step_accuracy/step_{step}", value)
+            _write_per_step("val/per_step_accuracy",
+                            val_result.per_step_accuracy)
             write_scalar("meta_lr", meta_lr)
             for step, value in enumerate(msl):
                 write_scalar(f"msl_weights/step_{step}", value)

@@ -4,8 +4,10 @@
       [--phase=train|eval] [--steps=N] [--epoch=E] [--output_json=FILE]
 
 Reads the same flags as mamlpp-train (the flagfile's data flags are parsed
-but no data is read). Prints trace_seconds, seconds_per_iteration (median
-of --steps), iterations_per_second and peak_rss_bytes.
+but no data is read). Prints trace_seconds (trace plus compile: the first
+call, which also runs one step, minus a steady step), first_call_seconds,
+seconds_per_iteration (median of --steps), iterations_per_second and
+peak_rss_bytes.
 """
 
 import json

@@ -51,7 +51,8 @@ def _rate(rates):
 
 
 def _run(
-    rates, *, second_order, loss_weights=None, use_outer_tape=True, calls=None
+    rates, *, second_order, loss_weights=None, use_outer_tape=True, calls=None,
+    every_step_accuracy=True,
 ):
     """(result, d loss/d w, d loss/d rates) of the toy inner loop."""
     w = tf.constant(W0, tf.float64)
@@ -69,6 +70,7 @@ def _run(
             training=True,
             loss_weights=loss_weights,
             outer_tape=tape if use_outer_tape else None,
+            every_step_accuracy=every_step_accuracy,
         )
     grad_w, grad_rates = tape.gradient(result.loss, [w, rates])
     return result, grad_w.numpy(), grad_rates.numpy()
@@ -214,6 +216,44 @@ def test_accuracy_is_measured_after_every_step():
     expected = [float(w * B < 0) for w in ws[1:]]
     assert expected == [1.0, 0.0, 0.0]  # The case exercises both outcomes.
     np.testing.assert_array_equal(result.step_accuracies, expected)
+
+
+@pytest.mark.parametrize("loss_weights", [None, [0.0, 0.0, 1.0]])
+def test_without_every_step_accuracy_only_counted_query_passes_run(
+    loss_weights
+):
+    if loss_weights is not None:
+        loss_weights = tf.constant(loss_weights, tf.float64)
+    rates = [0.5, 0.8, 0.2]
+    calls = []
+    result, grad_w, grad_rates = _run(
+        rates, second_order=True, loss_weights=loss_weights, calls=calls,
+        every_step_accuracy=False,
+    )
+    # Support at every step, the query only after the last one.
+    assert calls == [(A, 0, True), (A, 1, True), (A, 2, True), (B, 2, True)]
+    ws, _ = _closed_form(rates)
+    assert np.isnan(result.step_accuracies[:2]).all()
+    assert result.step_accuracies[2] == float(ws[3] * B < 0)
+    reference, ref_grad_w, ref_grad_rates = _run(
+        rates, second_order=True, loss_weights=loss_weights,
+    )
+    np.testing.assert_array_equal(result.step_losses, reference.step_losses)
+    np.testing.assert_array_equal(grad_w, ref_grad_w)
+    np.testing.assert_array_equal(grad_rates, ref_grad_rates)
+
+
+def test_without_every_step_accuracy_weighted_steps_are_still_scored():
+    calls = []
+    result, _, _ = _run(
+        [0.1, 5.0, 5.0], second_order=True,
+        loss_weights=tf.constant([0.2, 0.0, 0.8], tf.float64), calls=calls,
+        every_step_accuracy=False,
+    )
+    assert [c for c in calls if c[0] == B] == [(B, 0, True), (B, 2, True)]
+    np.testing.assert_array_equal(
+        np.isnan(result.step_accuracies), [False, True, False]
+    )
 
 
 def test_step_k_runs_support_then_query_through_slot_k():

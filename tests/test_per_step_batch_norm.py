@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from mamlpp_tf.layers import MetaConv2D, PerStepBatchNorm, batch_moments
+from mamlpp_tf.layers.per_step_batch_norm import fused_normalize
 
 CHANNELS = 3
 
@@ -263,4 +264,51 @@ def test_get_config_round_trips():
 def test_saved_model_gives_the_same_outputs(tmp_path):
     conformance.assert_saved_model_matches(
         _built(running=True), _call_eval, _inputs(), tmp_path
+    )
+
+
+def test_fused_normalize_matches_the_written_out_formula_to_second_order():
+    # The fused kernels take float32 (not float64): compare at float32
+    # precision, values, moments and the derivative of an input gradient.
+    x = tf.random.normal([4, 5, 5, 3]) * 2.0 + 0.5
+    gamma = tf.random.normal([3]) + 1.0
+    beta = tf.random.normal([3])
+    c = tf.random.normal([4, 5, 5, 3])
+
+    def written_out(x, gamma):
+        mean, variance = batch_moments(x)
+        scale = gamma * tf.math.rsqrt(variance + 1e-5)
+        return x * scale + (beta - mean * scale), (mean, variance)
+
+    def fused(x, gamma):
+        return fused_normalize(x, gamma, beta, 1e-5)
+
+    results = []
+    for normalize in (written_out, fused):
+        with tf.GradientTape() as outer:
+            outer.watch([x, gamma])
+            with tf.GradientTape() as inner:
+                inner.watch([x, gamma])
+                y, moments = normalize(x, gamma)
+                loss = tf.reduce_sum(tf.sin(y) * c)
+            grad_x, grad_gamma = inner.gradient(loss, [x, gamma])
+            second = tf.reduce_sum(grad_x**2) + tf.reduce_sum(grad_gamma**2)
+        results.append((y, moments, outer.gradient(second, [x, gamma])))
+    (y0, m0, g0), (y1, m1, g1) = results
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m1[0], m0[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m1[1], m0[1], rtol=1e-5)  # Biased, both.
+    for got, want in zip(g1, g0):
+        scale = np.abs(want.numpy()).max()
+        np.testing.assert_allclose(got, want, atol=1e-4 * scale)
+
+
+def test_fused_layer_falls_back_for_float64():
+    layer = PerStepBatchNorm(fused=True, dtype="float64")
+    x = _inputs("float64")
+    y = layer(x, step=0, training=True)
+    assert y.dtype == tf.float64
+    mean, variance = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
+    np.testing.assert_allclose(
+        y, _reference(x.numpy(), 1.0, 0.0, mean, variance), rtol=1e-10
     )

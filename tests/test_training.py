@@ -121,13 +121,16 @@ def test_tensorboard_gets_losses_rates_msl_weights_and_meta_lr(finished):
         "train/accuracy",
         "train/per_step_accuracy/step_1",
         "val/accuracy",
-        "val/per_step_accuracy/step_0",
+        "val/per_step_accuracy/step_1",  # the final step
         "meta_lr",
         "msl_weights/step_0",
         "inner_lr/conv0/kernel/step_1",
         "inner_lr/dense/bias/step_0",
     ):
         assert tag in tags
+    # Evaluation scores the query set after the final step only (the
+    # default, per_step_accuracy=False): no NaN scalars for the others.
+    assert "val/per_step_accuracy/step_0" not in tags
 
 
 def test_killed_and_stopped_run_ends_like_the_uninterrupted_run(
