@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import platform
 import resource
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -33,21 +35,27 @@ class BenchmarkConfig:
       steps: timed iterations after the warm-up; the median is reported.
       warmup: untimed iterations after the first (tracing) call.
       epoch: the epoch whose MSL weights and derivative order apply.
+      profile_steps: after the timed steps, run this many more under
+        TensorFlow's profiler and report each op type's share of the
+        kernel time (0: no profile).
     """
 
     phase: str = "train"
     steps: int = 10
     warmup: int = 2
     epoch: int = 0
+    profile_steps: int = 0
 
     def __post_init__(self):
         if self.phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got "
                              f"{self.phase!r}.")
-        if self.steps < 1 or self.warmup < 0 or self.epoch < 0:
+        if (self.steps < 1 or self.warmup < 0 or self.epoch < 0
+                or self.profile_steps < 0):
             raise ValueError(
-                f"steps must be >= 1, warmup >= 0 and epoch >= 0; got "
-                f"{self.steps}, {self.warmup}, {self.epoch}."
+                f"steps must be >= 1, and warmup, epoch and profile_steps "
+                f">= 0; got {self.steps}, {self.warmup}, {self.epoch}, "
+                f"{self.profile_steps}."
             )
 
 
@@ -76,6 +84,18 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _current_rss_bytes() -> int | None:
+    """Resident memory now (Linux /proc), or None where unavailable."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _device_name() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -93,6 +113,44 @@ def _device_name() -> str:
     return f"CPU: {model}, {os.cpu_count()} cores"
 
 
+def _op_time_shares(logdir: str, top: int = 12) -> dict:
+    """Kernel time per op type in the profile under `logdir`, as shares.
+
+    Sums the op events of TensorFlow's executor threads (not the Python
+    thread's, nor the executor's own per-op wrapper), then returns the
+    `top` op types and "other" as fractions of the total, plus the share of
+    every convolution kernel together ("all convolutions").
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # Lazy: heavy.
+
+    totals: dict[str, float] = {}
+    for path in pathlib.Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            names = {k: v.name for k, v in plane.event_metadata.items()}
+            for line in plane.lines:
+                if line.name == "python":
+                    continue
+                for event in line.events:
+                    name = names.get(event.metadata_id, "")
+                    op_type = name.rsplit(":", 1)[-1]
+                    if not op_type or op_type == "Process":
+                        continue
+                    totals[op_type] = (totals.get(op_type, 0.0)
+                                       + event.duration_ps * 1e-12)
+    total = sum(totals.values())
+    if not total:
+        return {}
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    shares = {k: round(v / total, 4) for k, v in ranked[:top]}
+    shares["other"] = round(sum(v for _, v in ranked[top:]) / total, 4)
+    shares["all convolutions"] = round(
+        sum(v for k, v in totals.items() if "Conv" in k) / total, 4
+    )
+    return shares
+
+
 def run_benchmark(
     config: config_lib.MetaLearnerConfig,
     bench: BenchmarkConfig,
@@ -106,6 +164,9 @@ def run_benchmark(
         config, strategy=strategy, **distribute.learner_options(runtime)
     )
     batch = random_batch(config)
+    # TensorFlow, the model and the batch, before any step: the floor under
+    # peak_rss_bytes that no step-level change can lower.
+    setup_rss = _current_rss_bytes()
     if bench.phase == "train":
         def step():
             return learner.train_step(batch, bench.epoch)
@@ -127,6 +188,16 @@ def run_benchmark(
         times.append(time.perf_counter() - start)
         log(f"  step {i + 1}/{bench.steps}: {times[-1]:.3f} s")
     median = statistics.median(times)
+    op_shares = None
+    if bench.profile_steps:
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            for _ in range(bench.profile_steps):
+                step()
+            tf.profiler.experimental.stop()
+            op_shares = _op_time_shares(logdir)
+        log("kernel time by op type (profiled steps): " + ", ".join(
+            f"{k} {v:.1%}" for k, v in op_shares.items()))
     # The first call traces, optimises (Grappler), creates the kernels and
     # runs one step; without that step's run it is the trace plus compile.
     trace_seconds = max(0.0, first_call_seconds - median)
@@ -145,6 +216,7 @@ def run_benchmark(
         "iterations_per_second": round(1.0 / median, 3),
         "min_seconds_per_iteration": round(min(times), 4),
         "peak_rss_bytes": _peak_rss_bytes(),
+        "setup_rss_bytes": setup_rss,
         "steps": bench.steps,
         "device": _device_name(),
         "tensorflow_version": tf.__version__,
@@ -152,4 +224,5 @@ def run_benchmark(
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "runtime": dataclasses.asdict(runtime),
         "config": dataclasses.asdict(config),
+        **({} if op_shares is None else {"op_time_shares": op_shares}),
     }

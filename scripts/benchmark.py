@@ -1,7 +1,8 @@
 """Times a meta-step of a paper configuration on random inputs.
 
   mamlpp-benchmark --flagfile=flags/maml++_omniglot_5way_1shot.cfg \
-      [--phase=train|eval] [--steps=N] [--epoch=E] [--output_json=FILE]
+      [--phase=train|eval] [--steps=N] [--epoch=E] [--profile_steps=P]
+      [--output_json=FILE]
 
 Reads the same flags as mamlpp-train (the flagfile's data flags are parsed
 but no data is read). Prints trace_seconds (trace plus compile: the first
@@ -33,6 +34,9 @@ _EPOCH = flags.DEFINE_integer(
     "epoch", 0, "Epoch whose MSL weights and derivative order apply.",
     lower_bound=0,
 )
+_PROFILE_STEPS = flags.DEFINE_integer(
+    "profile_steps", 0, "After the timed steps, profile this many more and "
+    "print each op type's share of the kernel time.", lower_bound=0)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None,
                                    "Also write the figures here.")
 # The benchmark writes nothing to a run directory.
@@ -50,7 +54,8 @@ def main(argv):
     figures = benchmark.run_benchmark(
         config,
         benchmark.BenchmarkConfig(phase=_PHASE.value, steps=_STEPS.value,
-                                  warmup=_WARMUP.value, epoch=_EPOCH.value),
+                                  warmup=_WARMUP.value, epoch=_EPOCH.value,
+                                  profile_steps=_PROFILE_STEPS.value),
         train_app.runtime_config(),
     )
     text = json.dumps(figures, indent=2, sort_keys=True)

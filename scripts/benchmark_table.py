@@ -33,7 +33,8 @@ def main(argv):
                 if experiment not in experiments:
                     experiments.append(experiment)
     header = ["configuration", *[title for _, title in COLUMNS],
-              "trace (s), train MSL", "peak RSS (GB), train MSL"]
+              "trace + compile (s), train MSL",
+              "peak RSS (GB), train MSL (before the first step)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for experiment in experiments:
@@ -45,8 +46,12 @@ def main(argv):
         main_entry = results.get(f"{experiment}_train_msl")
         cells.append("—" if main_entry is None
                      else f"{main_entry['trace_seconds']:.1f}")
-        cells.append("—" if main_entry is None
-                     else f"{main_entry['peak_rss_bytes'] / 1e9:.2f}")
+        if main_entry is None:
+            cells.append("—")
+        else:
+            setup = main_entry.get("setup_rss_bytes")
+            cells.append(f"{main_entry['peak_rss_bytes'] / 1e9:.2f}"
+                         + ("" if setup is None else f" ({setup / 1e9:.2f})"))
         print("| " + " | ".join(cells) + " |")
     device = next(iter(results.values()))["device"]
     print(f"\nDevice: {device}; TensorFlow "

@@ -3,6 +3,8 @@
 # (a) training at epoch 0 (second order, MSL on, as the flagfiles start),
 # (b) training after MSL has annealed out (epoch 20: final-step loss only),
 # (c) training first order (DA's first phase), and (d) evaluation.
+# Then the speed options, on the two configurations they are for: bfloat16
+# mixed precision and fused batch norm, training at epoch 0 and 20.
 # Random inputs of the real shapes; one JSON per measurement in $OUT.
 #
 #   bash scripts/run_benchmarks.sh [OUT_DIR] [STEPS] [-- extra mamlpp-benchmark flags]
@@ -31,5 +33,13 @@ for exp in omniglot_5way_1shot omniglot_5way_5shot omniglot_20way_1shot \
   bench "${exp}_train_first_order" "$flagfile" --phase=train --epoch=0 \
     --first_order_to_second_order_epoch=99
   bench "${exp}_eval" "$flagfile" --phase=eval
+done
+for exp in omniglot_5way_1shot mini_imagenet_5way_1shot; do
+  flagfile="flags/maml++_$exp.cfg"
+  for option in --mixed_precision=bfloat16 --fused_batch_norm; do
+    tag=${option#--}; tag=${tag%%=*}
+    bench "${exp}+${tag}_train_msl" "$flagfile" --phase=train --epoch=0 "$option"
+    bench "${exp}+${tag}_train_no_msl" "$flagfile" --phase=train --epoch=20 "$option"
+  done
 done
 python scripts/benchmark_table.py "$OUT"

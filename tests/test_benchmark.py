@@ -13,6 +13,8 @@ FIGURES = {
     "seconds_per_iteration",
     "iterations_per_second",
     "peak_rss_bytes",
+    "setup_rss_bytes",
+    "first_call_seconds",
     "device",
     "tensorflow_version",
     "runtime",
@@ -37,6 +39,8 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["iterations_per_second"] == pytest.approx(
         1 / figures["seconds_per_iteration"], rel=1e-2)
     assert figures["peak_rss_bytes"] > 100e6  # TensorFlow alone is more.
+    assert 100e6 < figures["setup_rss_bytes"] <= figures["peak_rss_bytes"]
+    assert 0 <= figures["trace_seconds"] < figures["first_call_seconds"]
     # smoke.cfg: first order in epoch 0 (DA), MSL on.
     assert figures["second_order"] is False
     assert figures["multi_step_loss"] is True
@@ -60,11 +64,31 @@ def test_eval_phase_and_random_batch_shapes():
     assert figures["second_order"] is False
 
 
+def test_profile_reports_op_type_shares_of_the_kernel_time():
+    config = config_lib.maml(
+        num_ways=2, num_shots=1, num_queries=1, meta_batch_size=2,
+        image_shape=(8, 8, 1), num_filters=4, num_stages=2,
+        num_inner_steps=1, num_eval_inner_steps=1,
+    )
+    figures = benchmark.run_benchmark(
+        config,
+        benchmark.BenchmarkConfig(steps=1, warmup=0, profile_steps=1),
+        log=lambda *_: None,
+    )
+    shares = dict(figures["op_time_shares"])
+    convolutions = shares.pop("all convolutions")
+    assert 0 < convolutions < 1
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert any("Conv2D" in name for name in shares)
+
+
 def test_bad_benchmark_config():
     with pytest.raises(ValueError, match="phase must be one of"):
         benchmark.BenchmarkConfig(phase="serve")
     with pytest.raises(ValueError, match="steps must be >= 1"):
         benchmark.BenchmarkConfig(steps=0)
+    with pytest.raises(ValueError, match="profile_steps"):
+        benchmark.BenchmarkConfig(profile_steps=-1)
 
 
 def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
