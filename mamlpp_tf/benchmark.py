@@ -116,8 +116,8 @@ def _device_name() -> str:
 def _op_time_shares(logdir: str, top: int = 12) -> dict:
     """Kernel time per op type in the profile under `logdir`, as shares.
 
-    Sums the op events of TensorFlow's executor threads (not the Python
-    thread's, nor the executor's own per-op wrapper), then returns the
+    Sums the op events of TensorFlow's executor threads (not those of the
+    calling thread, nor the executor's per-op wrapper), then returns the
     `top` op types and "other" as fractions of the total, plus the share of
     every convolution kernel together ("all convolutions").
     """
@@ -130,7 +130,9 @@ def _op_time_shares(logdir: str, top: int = 12) -> dict:
         for plane in space.planes:
             names = {k: v.name for k, v in plane.event_metadata.items()}
             for line in plane.lines:
-                if line.name == "python":
+                # TensorFlow's own threads (tf_Compute/..., ...) run the
+                # kernels; the Python thread's events are the wrappers.
+                if not line.name.startswith("tf_"):
                     continue
                 for event in line.events:
                     name = names.get(event.metadata_id, "")
