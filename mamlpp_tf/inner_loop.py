@@ -114,6 +114,10 @@ def run_inner_loop(
     fast = dict(params)
     step_losses, step_accuracies, support_moments = [], [], []
     zero = tf.zeros([], params[adapted_names[0]].dtype)
+    # Unless every step is scored: the (loss, accuracy) of a step whose
+    # query set is not run.
+    skip = (None if every_step_accuracy
+            else (zero, tf.constant(float("nan"), zero.dtype)))
     logits = None
     for step in range(num_steps):
         grads, moments = _support_gradients(
@@ -130,16 +134,11 @@ def run_inner_loop(
             loss = cross_entropy(logits, task["query_y"])
             acc = accuracy(logits, task["query_y"])
         elif loss_weights is None:
-            if every_step_accuracy:
-                acc = _query_accuracy(forward, fast, task, step, training,
-                                      outer_tape)
-            else:
-                acc = tf.constant(float("nan"), zero.dtype)
-            loss = zero
+            loss, acc = skip if skip is not None else (zero, _query_accuracy(
+                forward, fast, task, step, training, outer_tape))
         else:
             loss, acc = _weighted_query(forward, fast, task, step, training,
-                                        loss_weights[step],
-                                        every_step_accuracy)
+                                        loss_weights[step], skip)
         step_losses.append(loss)
         step_accuracies.append(acc)
     step_losses = tf.stack(step_losses)
@@ -187,23 +186,19 @@ def _query_accuracy(forward, fast, task, step, training, outer_tape):
         return accuracy(logits, task["query_y"])
 
 
-def _weighted_query(forward, fast, task, step, training, weight,
-                    every_step_accuracy):
+def _weighted_query(forward, fast, task, step, training, weight, skip):
     """(loss, accuracy) of the query set at a non-final MSL step.
 
     A zero weight (MSL annealed out) skips the differentiable pass at run
-    time, in the same graph: changing the weights never retraces. Unless
-    `every_step_accuracy`, it skips the query pass altogether (NaN accuracy).
+    time, in the same graph: changing the weights never retraces. With
+    `skip`, a (loss, accuracy) pair, a zero weight returns it instead of
+    running the query set for its accuracy.
     """
 
     def with_loss():
         logits, _ = forward(task["query_x"], step, fast, training)
         return (cross_entropy(logits, task["query_y"]),
                 accuracy(logits, task["query_y"]))
-
-    def skipped():
-        zero = tf.zeros([], fast[next(iter(fast))].dtype)
-        return zero, zero + float("nan")
 
     def accuracy_only():
         frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
@@ -212,4 +207,4 @@ def _weighted_query(forward, fast, task, step, training, weight,
         return zero, accuracy(logits, task["query_y"])
 
     return tf.cond(weight > 0, with_loss,
-                   accuracy_only if every_step_accuracy else skipped)
+                   accuracy_only if skip is None else lambda: skip)

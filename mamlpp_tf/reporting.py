@@ -191,8 +191,7 @@ class Reporter:
             write_scalar("train/iterations_per_second", rate)
             _write_per_step("train/per_step_accuracy",
                             means["per_step_accuracy"])
-            for step, value in enumerate(means["per_step_loss"]):
-                write_scalar(f"train/per_step_loss/step_{step}", value)
+            _write_per_step("train/per_step_loss", means["per_step_loss"])
 
     def epoch_end(
         self,

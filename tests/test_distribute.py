@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import apps
+from helpers import experiments
 from mamlpp_tf import checkpointing
 from mamlpp_tf import config as config_lib
 from mamlpp_tf import distribute
@@ -350,16 +351,9 @@ def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(
     # The chief (worker 0) wrote the run directory; worker 1 only its own
     # checkpoints, top-k weights and test summary, beside it.
     worker_dir = workdir / "workers" / "worker_1"
-    assert sorted(p.name for p in workdir.iterdir()) == [
-        "checkpoints",
-        "config.json",
-        "metrics.csv",
-        "runtime.json",
-        "tensorboard",
-        "test_summary.json",
-        "top_k",
-        "workers",
-    ]
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(
+        experiments.RUN_DIRECTORY_ENTRIES + ["workers"]
+    )
     assert sorted(p.name for p in (workdir / "workers").iterdir()) == [
         "worker_1"
     ]

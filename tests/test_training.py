@@ -90,15 +90,7 @@ def _kill():
 def test_the_run_directory_holds_what_the_readme_lists(config, finished):
     workdir, summary = finished
     names = sorted(p.name for p in workdir.iterdir())
-    assert names == [
-        "checkpoints",
-        "config.json",
-        "metrics.csv",
-        "runtime.json",
-        "tensorboard",
-        "test_summary.json",
-        "top_k",
-    ]
+    assert names == experiments.RUN_DIRECTORY_ENTRIES
     rows = _metrics(workdir)
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert summary["num_test_tasks"] == config.num_eval_tasks

@@ -9,6 +9,18 @@ from mamlpp_tf import experiment
 # 4 stages need at least 16x16 images; few classes keep preparation fast.
 IMAGE_SHAPE = (16, 16, 1)
 
+# What a finished run directory holds (README "Run directory"); a
+# multi-worker run adds "workers".
+RUN_DIRECTORY_ENTRIES = [
+    "checkpoints",
+    "config.json",
+    "metrics.csv",
+    "runtime.json",
+    "tensorboard",
+    "test_summary.json",
+    "top_k",
+]
+
 
 def tiny_config(tfds_dir, **overrides) -> experiment.ExperimentConfig:
     """2-way 1-shot, 4 filters, 2 inner steps, 2 epochs x 3 meta-steps.
