@@ -1,6 +1,7 @@
 """Tests of the Omniglot source: the real data set, and small fake folders."""
 
 import dataclasses
+import hashlib
 import pathlib
 import re
 
@@ -47,16 +48,41 @@ def test_real_split_counts_and_images(real):
         assert split.images.min() == 0 and split.images.max() == 255
 
 
-def test_real_classes_follow_the_seeded_reference_split(real, omniglot_dir):
-    config, splits = real
-    classes = omniglot.find_classes_in_root(pathlib.Path(omniglot_dir))
-    expected = omniglot.split_classes(classes, "reference", config.seed)
-    for split, members in expected.items():
-        assert splits[split].class_names == tuple(c.name for c in members)
+# The authors' split (HowToTrainYourMAMLPytorch, val_seed=0), computed from
+# their rule outside this code base: the first 16 hex digits of the SHA-256
+# of each split's "alphabet/character" names, sorted and joined with "\n".
+AUTHORS_SPLIT_SHA256_PREFIX = {
+    "train": "196219616f79f9eb",
+    "val": "4405936e911116d1",
+    "test": "65fbaa9272ed411f",
+}
+# The start of their test split, in their shuffled order.
+AUTHORS_FIRST_TEST_CLASSES = (
+    "Sylheti/character11",
+    "Hebrew/character07",
+    "Aurek-Besh/character18",
+)
+
+
+def _names_digest(names) -> str:
+    joined = "\n".join(sorted(names)).encode()
+    return hashlib.sha256(joined).hexdigest()[:16]
+
+
+def test_real_reference_split_is_the_authors(real, omniglot_dir):
+    _, splits = real
+    digests = {s: _names_digest(splits[s].class_names) for s in splits}
+    assert digests == AUTHORS_SPLIT_SHA256_PREFIX
+    assert splits["test"].class_names[:3] == AUTHORS_FIRST_TEST_CLASSES
     # Drawing j of a class is the j-th file of its folder, area-resized.
-    first = expected["val"][0]
+    name = splits["val"].class_names[0]
+    png = sorted((pathlib.Path(omniglot_dir) / "images_background").glob(
+        f"{name}/*.png"
+    )) or sorted((pathlib.Path(omniglot_dir) / "images_evaluation").glob(
+        f"{name}/*.png"
+    ))
     np.testing.assert_array_equal(
-        splits["val"].class_images(0)[3], omniglot.decode_png(first.files[3])
+        splits["val"].class_images(0)[3], omniglot.decode_png(str(png[3]))
     )
 
 
@@ -169,9 +195,32 @@ def test_reference_split_depends_on_the_seed(fake_dir):
     first = omniglot.split_classes(classes, "reference", seed=0)
     # int(0.709 * 18) = 12 and int(0.740 * 18) = 13.
     assert [len(first[s]) for s in ("train", "val", "test")] == [12, 1, 5]
+    # The authors' rule by hand: RandomState(0).randint(1, 999999) = 985773;
+    # RandomState(985773).shuffle(arange(18)) ends ..., 17, 1, 14, 5, 16, 10
+    # (indices into the 18 names sorted: background0..6, evaluation0..1).
+    assert [c.name for c in first["val"]] == ["evaluation1/character02"]
+    assert [c.name for c in first["test"]] == [
+        "background0/character02",
+        "evaluation0/character01",
+        "background2/character02",
+        "evaluation1/character01",
+        "background5/character01",
+    ]
     again = omniglot.split_classes(classes, "reference", seed=0)
     other = omniglot.split_classes(classes, "reference", seed=1)
     assert first == again and first != other
+
+
+def test_data_of_an_older_release_is_prepared_again(fake_dir, tmp_path):
+    # 1.0.0 held the old reference split; its folder must never be loaded.
+    config = _fake_config(fake_dir, tmp_path)
+    current = pathlib.Path(loading.make_builder(config).data_dir)
+    assert current.name == "1.1.0"
+    load_splits(config)
+    current.rename(current.with_name("1.0.0"))
+    assert not loading.make_builder(config).data_path.exists()
+    load_splits(config)
+    assert current.exists(), "the current release must prepare anew"
 
 
 def test_changed_file_prepares_again(fake_dir, tmp_path):

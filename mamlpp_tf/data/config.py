@@ -70,13 +70,15 @@ class DataConfig:
         Synthetic: must be None (the images are generated).
       tfds_data_dir: where TFDS writes the prepared splits; None uses TFDS's
         default (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
-      split_scheme: Omniglot only. "reference" (the authors' code: all 1,623
-        characters shuffled with `seed` and split 1,150/50/423) or "lake"
+      split_scheme: Omniglot only. "reference" (the authors' exact split of
+        the 1,623 pooled characters into 1,150/50/423, see
+        `omniglot.split_classes`) or "lake"
         (background alphabets for train/val, evaluation alphabets for test).
       allow_pickle: allow reading the mini-ImageNet pickles. Unpickling runs
         code stored in the file, so only opt in for files you trust.
       seed: the class-split seed (Omniglot "reference"/"lake" and synthetic
-        generation). Independent of the training seed.
+        generation); 0 is the authors' `val_seed`. Independent of the
+        training seed, which never changes the classes of a split.
       synthetic_num_classes: synthetic only, (train, val, test) class counts.
       synthetic_images_per_class: synthetic only, images drawn per class.
       synthetic_image_shape: synthetic only, (H, W, C) with C in {1, 3}.

@@ -37,6 +37,10 @@ DOWNLOAD_URLS = {
 # `train_val_test_split`): fractions of the 1,623 pooled characters, giving
 # 1,150 / 50 / 423 classes with boundaries int(f0*n) and int((f0+f1)*n).
 REFERENCE_SPLIT_FRACTIONS = (0.70918052988, 0.03080714725, 0.2606284658)
+# The authors' code does not shuffle with its `val_seed` itself: it draws
+# the shuffle's seed from it, RandomState(val_seed).randint(1, 999999)
+# (985773 for their val_seed=0), in this half-open range.
+REFERENCE_SHUFFLE_SEED_RANGE = (1, 999999)
 # "lake" split: validation holds out whole background alphabets, so that,
 # like test, it measures transfer to unseen alphabets. 5 of the 30 keeps
 # ~1/6 of the background characters for validation.
@@ -195,8 +199,11 @@ def split_classes(
 
     Args:
       classes: every character, as `find_classes` returns them.
-      scheme: "reference": the authors' code pools all characters, shuffles
-        them with `numpy.random.RandomState(seed)` and cuts at int(f0*n) and
+      scheme: "reference": the authors' code. It pools all characters
+        sorted by "alphabet/character", draws a shuffle seed
+        `RandomState(seed).randint(*REFERENCE_SHUFFLE_SEED_RANGE)` (985773
+        for seed 0, the authors' val_seed), shuffles the indices with
+        `RandomState(shuffle_seed).shuffle` and cuts at int(f0*n) and
         int((f0+f1)*n) for REFERENCE_SPLIT_FRACTIONS. "lake": evaluation
         alphabets are test; of the background alphabets, shuffled with the
         seed, the last LAKE_NUM_VAL_ALPHABETS are val and the rest train.
@@ -206,9 +213,13 @@ def split_classes(
       "train", "val", "test" -> classes.
     """
     classes = sorted(classes, key=lambda c: c.name)
-    rng = np.random.RandomState(seed)
     if scheme == "reference":
-        shuffled = [classes[i] for i in rng.permutation(len(classes))]
+        shuffle_seed = np.random.RandomState(seed).randint(
+            *REFERENCE_SHUFFLE_SEED_RANGE
+        )
+        order = np.arange(len(classes))
+        np.random.RandomState(shuffle_seed).shuffle(order)
+        shuffled = [classes[i] for i in order]
         f0, f1, _ = REFERENCE_SPLIT_FRACTIONS
         end_train = int(f0 * len(classes))
         end_val = int((f0 + f1) * len(classes))
@@ -226,6 +237,7 @@ def split_classes(
                 f"alphabets for validation, but only {len(alphabets)} were "
                 f"found. Use split_scheme='reference' or the full data."
             )
+        rng = np.random.RandomState(seed)
         shuffled = [alphabets[i] for i in rng.permutation(len(alphabets))]
         val_alphabets = set(shuffled[-LAKE_NUM_VAL_ALPHABETS:])
         splits = {

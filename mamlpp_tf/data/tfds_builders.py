@@ -27,8 +27,14 @@ from mamlpp_tf.data import omniglot
 from mamlpp_tf.data import parallel_decode
 from mamlpp_tf.data import synthetic
 
-VERSION = tfds.core.Version("1.0.0")
-RELEASE_NOTES = {"1.0.0": "One example per class; area-resized uint8 images."}
+# Bumped whenever what a prepared split holds changes, so that data prepared
+# by an older release is never loaded: TFDS reads only VERSION's folder.
+VERSION = tfds.core.Version("1.1.0")
+RELEASE_NOTES = {
+    "1.0.0": "One example per class; area-resized uint8 images.",
+    "1.1.0": "Omniglot 'reference' split: the authors' exact class split "
+    "(shuffle seed drawn from the split seed, as their code does).",
+}
 # Omniglot classes per worker task: 20 PNGs each, a few ms per class.
 OMNIGLOT_CHUNKSIZE = 8
 
