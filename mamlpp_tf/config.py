@@ -52,9 +52,10 @@ class MetaLearnerConfig:
       multi_step_loss: MSL, the weighted sum of per-step query losses.
       msl_epochs: epochs over which MSL anneals; afterwards final-step loss only.
       second_order: differentiate through the inner gradients at all.
-      first_order_to_second_order_epoch: DA; first order while
-        `epoch <= this` (the authors' convention), so -1 means second order
-        from epoch 0. Ignored when `second_order` is False.
+      first_order_to_second_order_epoch: DA; the last first-order epoch:
+        first order while `epoch <= this` (the authors' convention), so E
+        gives E + 1 first-order epochs (0..E), 49 the paper's first 50, and
+        -1 second order from epoch 0. Ignored when `second_order` is False.
       per_step_bn_statistics: BNRS, one running-statistics slot per step.
       per_step_bn_weights: BNWB, one gamma/beta slot per step.
       adapt_bn_in_inner_loop: also adapt BN gamma/beta in the inner loop.
@@ -225,17 +226,22 @@ class MetaLearnerConfig:
         return cls(**values)
 
 
-# Antoniou et al. (2019), Sec. 4 (DA): first order for the first 50 epochs.
-# The authors' released configs use -1 (second order from the start); the
-# flagfiles follow the configs, this preset follows the paper.
-PAPER_SECOND_ORDER_FROM_EPOCH = 50
+# Antoniou et al. (2019), Sec. 4 (DA): first order for the first 50 epochs,
+# i.e. epochs 0..49, second order from epoch 50. The authors' released
+# configs use -1 (second order from the start); the flagfiles follow the
+# configs, this preset follows the paper.
+PAPER_FIRST_ORDER_EPOCHS = 50
 
 
 def mamlpp(**overrides) -> MetaLearnerConfig:
-    """MAML++ with all six parts on, DA as in the paper (Sec. 4)."""
+    """MAML++ with all six parts on, DA as in the paper (Sec. 4).
+
+    DA: first order for the first 50 epochs (0..49), second order after.
+    """
     base = dataclasses.replace(
         MetaLearnerConfig(),
-        first_order_to_second_order_epoch=PAPER_SECOND_ORDER_FROM_EPOCH,
+        # First order while epoch <= 49: 50 epochs.
+        first_order_to_second_order_epoch=PAPER_FIRST_ORDER_EPOCHS - 1,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -130,8 +130,9 @@ _LEARNER = {
     "first_order_to_second_order_epoch": flags.DEFINE_integer(
         "first_order_to_second_order_epoch",
         _DEFAULT.first_order_to_second_order_epoch,
-        "DA: first order while epoch <= this; -1: second order from the "
-        "start (the authors' configs).",
+        "DA: the last first-order epoch (first order while epoch <= this: "
+        "49 gives the paper's first 50 epochs, 0..49); -1: second order "
+        "from the start (the authors' configs).",
         lower_bound=-1,
     ),
     "per_step_bn_statistics": flags.DEFINE_bool(

@@ -11,6 +11,7 @@ import pytest
 
 import mamlpp_tf
 from mamlpp_tf import config as config_lib
+from mamlpp_tf import schedules
 
 PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
 FIELDS = [f.name for f in dataclasses.fields(mamlpp_tf.MetaLearnerConfig)]
@@ -103,9 +104,11 @@ def test_mamlpp_turns_every_part_on_with_the_papers_da():
     assert config.learn_inner_lr and config.multi_step_loss
     assert config.per_step_bn_statistics and config.per_step_bn_weights
     assert config.cosine_annealing and config.second_order
-    assert config.first_order_to_second_order_epoch == (
-        config_lib.PAPER_SECOND_ORDER_FROM_EPOCH
-    )
+    # The paper's "first order for the first 50 epochs": epochs 0..49.
+    first_order = [
+        e for e in range(60) if not schedules.use_second_order(config, e)
+    ]
+    assert first_order == list(range(50))
 
 
 def test_presets_take_overrides_and_validate_them():
