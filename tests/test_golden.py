@@ -62,14 +62,33 @@ def _episodes(golden):
     }
 
 
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_file():
-        message = f"the golden file {GOLDEN} is missing (set MAMLPP_GOLDEN)"
+def _load_golden(path: pathlib.Path) -> dict:
+    """The golden arrays. A missing file fails under CI (`.ci/run` sets
+    CI=true), so that CI never passes with this test skipped; elsewhere it
+    skips."""
+    if not path.is_file():
+        message = f"the golden file {path} is missing (set MAMLPP_GOLDEN)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return dict(np.load(GOLDEN))
+    return dict(np.load(path))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return _load_golden(GOLDEN)
+
+
+def test_a_missing_golden_file_fails_under_ci_and_skips_elsewhere(
+    monkeypatch, tmp_path
+):
+    missing = tmp_path / "missing.npz"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="golden file .* missing"):
+        _load_golden(missing)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="golden file .* missing"):
+        _load_golden(missing)
 
 
 def _loaded_learner(golden, fused_batch_norm=False, **overrides):
