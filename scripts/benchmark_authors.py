@@ -1,0 +1,190 @@
+"""Times the authors' PyTorch MAML++ meta-step: the comparator of BENCHMARKS.
+
+Runs the meta-step of AntreasAntoniou/HowToTrainYourMAMLPytorch (a checkout
+of it, never part of this repository) on random inputs of one of their
+experiment configs, and prints the same figures as `mamlpp-benchmark`:
+
+  python scripts/benchmark_authors.py --authors_dir=~/authors \
+      --config=omniglot_maml++-omniglot_1_8_0.1_64_5_0 \
+      [--phase=train|eval] [--epoch=E] [--steps=N] [--warmup=W] \
+      [--output_json=FILE]
+
+Needs PyTorch (CPU) and numpy, not TensorFlow. Their configs are named
+`<dataset>_<method>-<dataset>_<shots>_<meta batch>_<inner lr>_<filters>_
+<ways>_<seed>`. Their model is built exactly as their `train_maml_system.py`
+builds it (their own argument parsing of the config), and one iteration is
+their `run_train_iter(batch, epoch)` (train: inner loop, loss, backward,
+Adam) or `run_validation_iter(batch)` (eval), as their `ExperimentBuilder`
+calls them. MSL applies while `epoch < multi_step_loss_num_epochs`, so
+`--epoch=20` times training without MSL, as `mamlpp-benchmark --epoch=20`
+does. Timing and memory: the median of `--steps` iterations after the first
+(untimed) and `--warmup` more; peak RSS is the process's high-water mark.
+"""
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_AUTHORS_DIR = flags.DEFINE_string(
+    "authors_dir",
+    None,
+    "A checkout of HowToTrainYourMAMLPytorch.",
+    required=True,
+)
+_CONFIG = flags.DEFINE_string(
+    "config",
+    None,
+    "The name of one of their experiment_config/*.json.",
+    required=True,
+)
+_PHASE = flags.DEFINE_enum(
+    "phase",
+    "train",
+    ("train", "eval"),
+    "run_train_iter or run_validation_iter.",
+)
+_EPOCH = flags.DEFINE_integer(
+    "epoch", 0, "Epoch passed to run_train_iter.", lower_bound=0
+)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed iterations.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 1, "Untimed iterations after the first.", lower_bound=0
+)
+_OUTPUT_JSON = flags.DEFINE_string(
+    "output_json", None, "Also write the figures here."
+)
+
+
+def _authors_model(authors_dir: pathlib.Path, config_path: pathlib.Path):
+    """Their MAMLFewShotClassifier and args, built as their train script."""
+    sys.path.insert(0, str(authors_dir))
+    # Their get_args() reads sys.argv and joins dataset_path to DATASET_DIR;
+    # no data is read here, so any folder will do.
+    os.environ.setdefault("DATASET_DIR", str(authors_dir / "datasets"))
+    argv, sys.argv = (
+        sys.argv,
+        ["train_maml_system.py", "--name_of_args_json_file", str(config_path)],
+    )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Prints every arg.
+            from few_shot_learning_system import MAMLFewShotClassifier
+            from utils.parser_utils import get_args
+
+            args, device = get_args()
+            model = MAMLFewShotClassifier(
+                args=args,
+                device=device,
+                im_shape=(
+                    2,
+                    args.image_channels,
+                    args.image_height,
+                    args.image_width,
+                ),
+            )
+    finally:
+        sys.argv = argv
+    return model, args
+
+
+def _random_batch(args, seed: int = 0):
+    """Their batch layout: x [B, N, K, C, H, W], y [B, N, K]."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, n = args.batch_size, args.num_classes_per_set
+    shape = (args.image_channels, args.image_height, args.image_width)
+
+    def labels(per_class):
+        return np.tile(np.arange(n)[:, None], (b, 1, per_class))
+
+    def images(per_class):
+        return rng.random((b, n, per_class, *shape), dtype=np.float32)
+
+    k, q = args.num_samples_per_class, args.num_target_samples
+    return images(k), images(q), labels(k), labels(q)
+
+
+def _cpu_name() -> str:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    authors_dir = pathlib.Path(_AUTHORS_DIR.value).expanduser().resolve()
+    config_path = authors_dir / "experiment_config" / f"{_CONFIG.value}.json"
+    if not config_path.is_file():
+        sys.exit(
+            f"error: no {config_path}; --config names one of "
+            f"{authors_dir / 'experiment_config'}/*.json without .json"
+        )
+    import torch
+
+    model, args = _authors_model(authors_dir, config_path)
+    batch = _random_batch(args)
+
+    def step():
+        if _PHASE.value == "train":
+            model.run_train_iter(data_batch=batch, epoch=_EPOCH.value)
+        else:
+            model.run_validation_iter(data_batch=batch)
+
+    start = time.perf_counter()
+    step()
+    first_call = time.perf_counter() - start
+    for _ in range(_WARMUP.value):
+        step()
+    times = []
+    for _ in range(_STEPS.value):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    figures = {
+        "implementation": "authors' PyTorch (HowToTrainYourMAMLPytorch)",
+        "config": _CONFIG.value,
+        "phase": _PHASE.value,
+        "epoch": _EPOCH.value,
+        "msl": bool(
+            _PHASE.value == "train"
+            and args.use_multi_step_loss_optimization
+            and _EPOCH.value < args.multi_step_loss_num_epochs
+        ),
+        "second_order": bool(
+            _PHASE.value == "train"
+            and args.second_order
+            and _EPOCH.value > args.first_order_to_second_order_epoch
+        ),
+        "first_call_seconds": first_call,
+        "seconds_per_iteration": median,
+        "iteration_seconds": times,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        * 1024,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": f"CPU: {_cpu_name()}, {os.cpu_count()} cores",
+    }
+    text = json.dumps(figures, indent=2, sort_keys=True)
+    print(text)
+    if _OUTPUT_JSON.value:
+        path = pathlib.Path(_OUTPUT_JSON.value)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

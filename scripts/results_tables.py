@@ -1,0 +1,211 @@
+"""Prints the README "Results" tables from the run directories.
+
+  python scripts/results_tables.py --results=RESULTS_DIR \
+      [--timings=BENCH_DIR]
+
+RESULTS_DIR is what `scripts/run_reproduction.sh RESULTS_DIR` fills: one
+run directory per row. Every accuracy comes from a run's
+test_summary.json (the top-k logit ensemble, and the single best epoch by
+validation accuracy), every curve point from its metrics.csv. A row whose
+run has not finished is printed as such, with its progress.
+
+--timings: a folder of `mamlpp-benchmark --output_json` files named
+`<row>.json` (scripts/run_ablation_timings.sh writes them), for the
+ablation's seconds per meta-step. Training runs share the machine with
+other work, so their own wall times are not used as speed figures.
+
+Intervals: ours are 95% intervals over the 600 test tasks,
+1.96 * std / sqrt(n) (how sure one run's accuracy is); the spread over
+seeds is the sample standard deviation (n - 1) of the seeds' accuracies,
+the form of the paper's +- (spread over runs).
+"""
+
+import csv
+import itertools
+import json
+import pathlib
+import statistics
+
+from absl import app
+from absl import flags
+
+_RESULTS = flags.DEFINE_string(
+    "results", None, "run_reproduction.sh's RESULTS_DIR.", required=True
+)
+_TIMINGS = flags.DEFINE_string(
+    "timings", None, "Folder of <row>.json benchmark figures for the ablation."
+)
+
+SEEDS = (0, 1, 2)
+# (row, label) in the paper's order: MAML, then one part added per row.
+ABLATION = (
+    ("maml_5w1s_s0", "MAML"),
+    ("ablation_bn", "+ BNWB + BNRS"),
+    ("ablation_bn_lslr", "+ LSLR"),
+    ("ablation_bn_lslr_msl", "+ MSL"),
+    ("mamlpp_5w1s_s0", "+ CA (= MAML++, the flagfile)"),
+    ("ablation_mamlpp_da", "MAML++ + DA (first order in epochs 0-1 of 4)"),
+)
+# Antoniou et al. (2019), Omniglot 5-way 1-shot test accuracy, full budget.
+PAPER_MAMLPP_5W1S = 99.47
+
+
+def _summary(workdir: pathlib.Path) -> dict | None:
+    path = workdir / "test_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _metrics(workdir: pathlib.Path) -> list[dict]:
+    path = workdir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _pct(mean: float, ci95: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * ci95:.2f}%"
+
+
+def _progress(workdir: pathlib.Path) -> str:
+    rows = _metrics(workdir)
+    if not workdir.exists():
+        return "not started"
+    return f"running: {len(rows)} epochs done"
+
+
+def _accuracy_cells(workdir: pathlib.Path) -> tuple[str, str]:
+    summary = _summary(workdir)
+    if summary is None:
+        return _progress(workdir), ""
+    ensemble = _pct(
+        summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
+    )
+    best = _pct(
+        summary["single_best_accuracy_mean"],
+        summary["single_best_accuracy_ci95"],
+    )
+    single = f"{best} (epoch {summary['single_best_epoch'] + 1})"
+    return ensemble, single
+
+
+def _interval(workdir: pathlib.Path):
+    summary = _summary(workdir)
+    if summary is None:
+        return None
+    mean, ci = summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
+    return mean - ci, mean + ci
+
+
+def full_budget_table(results: pathlib.Path) -> str:
+    workdir = results / "mamlpp_5w1s_full"
+    ensemble, single = _accuracy_cells(workdir)
+    rows = _metrics(workdir)
+    best = max(rows, key=lambda r: float(r["val_accuracy"]), default=None)
+    best_val = (
+        f"{100 * float(best['val_accuracy']):.2f}% "
+        f"(epoch {int(best['epoch']) + 1})"
+        if best
+        else ""
+    )
+    lines = [
+        "| run | epochs | test, top-5 ensemble | single best epoch | best "
+        "validation | paper |",
+        "|---|---|---|---|---|---|",
+        f"| MAML++ Omniglot 5w1s, seed 0 | {len(rows)} of 100 | {ensemble} "
+        f"| {single} | {best_val} | {PAPER_MAMLPP_5W1S}% |",
+    ]
+    return "\n".join(lines)
+
+
+def seed_table(results: pathlib.Path) -> str:
+    lines = [
+        "| method | seed 0 | seed 1 | seed 2 | mean ± std over seeds |",
+        "|---|---|---|---|---|",
+    ]
+    means = {}
+    for method, prefix in (("MAML++", "mamlpp"), ("MAML", "maml")):
+        cells, accs = [], []
+        for seed in SEEDS:
+            workdir = results / f"{prefix}_5w1s_s{seed}"
+            cells.append(_accuracy_cells(workdir)[0])
+            summary = _summary(workdir)
+            if summary is not None:
+                accs.append(100 * summary["test_accuracy_mean"])
+        spread = (
+            f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}%"
+            if len(accs) == len(SEEDS)
+            else f"{len(accs)} of {len(SEEDS)} seeds done"
+        )
+        means[method] = accs
+        lines.append(f"| {method} | {' | '.join(cells)} | {spread} |")
+    mamlpp, maml = means["MAML++"], means["MAML"]
+    if len(mamlpp) == len(maml) == len(SEEDS):
+        wins = sum(a > b for a, b in zip(mamlpp, maml))
+        lines.append("")
+        lines.append(
+            f"MAML++ beats MAML on {wins} of {len(SEEDS)} seeds; spread "
+            f"(std) {statistics.stdev(mamlpp):.2f} against "
+            f"{statistics.stdev(maml):.2f} points."
+        )
+    return "\n".join(lines)
+
+
+def _seconds_per_step(timings: pathlib.Path | None, row: str) -> str:
+    if timings is None:
+        return ""
+    path = timings / f"{row}.json"
+    if not path.is_file():
+        return "not measured"
+    return f"{json.loads(path.read_text())['seconds_per_iteration']:.3f} s"
+
+
+def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
+    lines = [
+        "| row | test, top-5 ensemble | single best epoch | s/meta-step "
+        "(epoch 0) |",
+        "|---|---|---|---|",
+    ]
+    intervals = []
+    for row, label in ABLATION:
+        ensemble, single = _accuracy_cells(results / row)
+        intervals.append((label, _interval(results / row)))
+        lines.append(
+            f"| {label} | {ensemble} | {single} | "
+            f"{_seconds_per_step(timings, row)} |"
+        )
+    overlaps = [
+        f"{a} / {b}"
+        for (a, ia), (b, ib) in itertools.pairwise(intervals)
+        if ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1]
+    ]
+    if overlaps:
+        lines.append("")
+        lines.append(
+            "Within each other's intervals (not ranked): "
+            + "; ".join(overlaps)
+            + "."
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    results = pathlib.Path(_RESULTS.value)
+    if not results.is_dir():
+        raise app.UsageError(
+            f"--results={results} is not a folder; pass "
+            "the RESULTS_DIR of run_reproduction.sh."
+        )
+    timings = pathlib.Path(_TIMINGS.value) if _TIMINGS.value else None
+    print("## Full budget\n")
+    print(full_budget_table(results))
+    print("\n## Seeds\n")
+    print(seed_table(results))
+    print("\n## Ablation\n")
+    print(ablation_table(results, timings))
+
+
+if __name__ == "__main__":
+    app.run(main)
