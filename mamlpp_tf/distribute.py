@@ -16,6 +16,7 @@ import pathlib
 
 import tensorflow as tf
 
+from mamlpp_tf import cpu_quota
 from mamlpp_tf import data as data_lib
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ class RuntimeConfig:
         statistics and the loss stay float32.
       parallel_tasks: tasks of a meta-batch in flight at once per replica.
       intra_op_threads: threads each TensorFlow op may use; None picks
-        cpu_count // parallel_tasks on a host without GPUs (the tasks in
-        flight share the cores: measured fastest on our 2-core CPU, see
-        BENCHMARKS.md) and TensorFlow's default elsewhere.
+        `cpu_quota.available_cpus() // parallel_tasks` (at least 1) on a
+        host without GPUs: the CPUs this process may use (its affinity
+        mask, capped by a cgroup CPU quota), not every CPU of the host,
+        shared by the tasks in flight (measured fastest on our 2-core CPU,
+        see BENCHMARKS.md); TensorFlow's default elsewhere.
       per_step_accuracy: score the query set after every inner step (a
         diagnostic; the authors' code and the default score it only where
         its loss counts, which saves num_steps - 1 query passes per task
@@ -131,7 +134,8 @@ def intra_op_threads(runtime: RuntimeConfig) -> int | None:
     if runtime.parallel_tasks > 1 and not tf.config.list_physical_devices(
         "GPU"
     ):
-        return max(1, (os.cpu_count() or 1) // runtime.parallel_tasks)
+        cpus = cpu_quota.available_cpus()
+        return max(1, cpus // runtime.parallel_tasks)
     return None
 
 
@@ -148,7 +152,9 @@ def _configure_threads(runtime: RuntimeConfig) -> None:
         log.warning(
             "TensorFlow already started with %s intra-op threads; %d were "
             "asked for and are not applied. Build the strategy before any "
-            "TensorFlow op runs.", current or "its default", threads,
+            "TensorFlow op runs.",
+            current or "its default",
+            threads,
         )
 
 

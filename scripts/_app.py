@@ -85,8 +85,9 @@ def define_runtime_flags():
     intra_op_threads = flags.DEFINE_integer(
         "intra_op_threads",
         None,
-        "Threads per TensorFlow op (unset: CPU cores / --parallel_tasks on "
-        "a host without GPUs, TensorFlow's default otherwise).",
+        "Threads per TensorFlow op (unset: the CPUs this process may use, "
+        "its affinity mask capped by a cgroup CPU quota, / --parallel_tasks "
+        "on a host without GPUs; TensorFlow's default otherwise).",
         lower_bound=1,
     )
     per_step_accuracy = flags.DEFINE_bool(

@@ -19,6 +19,7 @@ from helpers import apps
 from helpers import experiments
 from mamlpp_tf import checkpointing
 from mamlpp_tf import config as config_lib
+from mamlpp_tf import cpu_quota
 from mamlpp_tf import distribute
 from mamlpp_tf import evaluation
 from mamlpp_tf import experiment
@@ -394,16 +395,53 @@ def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(
             )
 
 
-def test_intra_op_threads_share_the_cores_between_tasks_in_flight():
-    cores = os.cpu_count() or 1
+@pytest.mark.parametrize(
+    "affinity,quota,parallel_tasks,expected",
+    [
+        # 8 CPUs in the mask, no quota, 2 tasks in flight: 4 threads each.
+        (set(range(8)), None, 2, 4),
+        # Pinned to 3 of the host's 64 CPUs: 3 // 2 = 1 thread each.
+        ({4, 9, 17}, None, 2, 1),
+        # A 6-CPU cgroup quota on 16 CPUs: 6 // 3 = 2 threads each.
+        (set(range(16)), 6.0, 3, 2),
+        # A 2.5-CPU quota runs 3 threads: 3 // 2 = 1.
+        (set(range(16)), 2.5, 2, 1),
+        # More tasks in flight than CPUs: still one thread each.
+        ({0}, None, 4, 1),
+    ],
+)
+def test_intra_op_threads_share_the_usable_cpus_between_tasks_in_flight(
+    monkeypatch, affinity, quota, parallel_tasks, expected
+):
+    monkeypatch.setattr(
+        os, "sched_getaffinity", lambda pid: affinity, raising=False
+    )
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # Never counted.
+    monkeypatch.setattr(cpu_quota, "cgroup_cpu_limit", lambda: quota)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
+    auto = distribute.RuntimeConfig(parallel_tasks=parallel_tasks)
+    assert distribute.intra_op_threads(auto) == expected
+
+
+def test_intra_op_threads_is_tensorflows_default_on_gpus_or_one_task(
+    monkeypatch,
+):
+    monkeypatch.setattr(
+        tf.config,
+        "list_physical_devices",
+        lambda kind: ["/physical_device:GPU:0"] if kind == "GPU" else [],
+    )
     auto = distribute.RuntimeConfig(parallel_tasks=2)
-    if tf.config.list_physical_devices("GPU"):
-        assert distribute.intra_op_threads(auto) is None
-    else:
-        assert distribute.intra_op_threads(auto) == max(1, cores // 2)
-    assert distribute.intra_op_threads(
-        distribute.RuntimeConfig(parallel_tasks=1)) is None
-    assert distribute.intra_op_threads(
-        distribute.RuntimeConfig(parallel_tasks=2, intra_op_threads=3)) == 3
+    assert distribute.intra_op_threads(auto) is None
+    assert (
+        distribute.intra_op_threads(distribute.RuntimeConfig(parallel_tasks=1))
+        is None
+    )
+    assert (
+        distribute.intra_op_threads(
+            distribute.RuntimeConfig(parallel_tasks=2, intra_op_threads=3)
+        )
+        == 3
+    )
     with pytest.raises(ValueError, match="intra_op_threads must be None"):
         distribute.RuntimeConfig(intra_op_threads=0)

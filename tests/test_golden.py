@@ -33,7 +33,9 @@ def _torch_to_ours(golden, kind):
             golden[f"{kind}/{conv}conv.weight"], (2, 3, 1, 0)
         )
         out[f"network/conv{i}/bias"] = golden[f"{kind}/{conv}conv.bias"]
-        out[f"network/norm{i}/gamma"] = golden[f"{kind}/{conv}norm_layer.weight"]
+        out[f"network/norm{i}/gamma"] = golden[
+            f"{kind}/{conv}norm_layer.weight"
+        ]
         out[f"network/norm{i}/beta"] = golden[f"{kind}/{conv}norm_layer.bias"]
         for ours, theirs in (("kernel", "weight"), ("bias", "bias")):
             rates = golden[f"{kind}/{LSLR_PREFIX}conv{i}-conv-{theirs}"]
@@ -47,7 +49,9 @@ def _torch_to_ours(golden, kind):
 
 
 def _episodes(golden):
-    def images(x):  # [tasks, ways, shots, C, H, W] -> [tasks, ways*shots, H, W, C]
+    def images(
+        x,
+    ):  # [tasks, ways, shots, C, H, W] -> [tasks, ways*shots, H, W, C]
         t, n, k, c, h, w = x.shape
         return np.transpose(x, (0, 1, 2, 4, 5, 3)).reshape(t, n * k, h, w, c)
 
@@ -93,8 +97,12 @@ def test_a_missing_golden_file_fails_under_ci_and_skips_elsewhere(
 
 def _loaded_learner(golden, fused_batch_norm=False, **overrides):
     config = mamlpp_tf.mamlpp(
-        num_ways=5, num_shots=1, num_queries=1, meta_batch_size=2,
-        first_order_to_second_order_epoch=-1, **overrides,
+        num_ways=5,
+        num_shots=1,
+        num_queries=1,
+        meta_batch_size=2,
+        first_order_to_second_order_epoch=-1,
+        **overrides,
     )
     learner = mamlpp_tf.MetaLearner(config, fused_batch_norm=fused_batch_norm)
     init = _torch_to_ours(golden, "init")
@@ -109,8 +117,9 @@ def _relative_gradient_difference(learner, golden):
     """(loss, relative difference of all the gradients but conv biases)."""
     loss, grads = learner.compute_meta_gradients(_episodes(golden), epoch=0)
     reference = _torch_to_ours(golden, "grad")
-    ours = dict(zip(learner.trainable_variable_names,
-                    [g.numpy() for g in grads]))
+    ours = dict(
+        zip(learner.trainable_variable_names, [g.numpy() for g in grads])
+    )
     diff_sq = ref_sq = 0.0
     for name, ref in reference.items():
         if not (name.startswith("network/conv") and name.endswith("/bias")):
@@ -124,8 +133,10 @@ def test_fused_batch_norm_stays_close_to_the_authors(golden):
     loss, relative = _relative_gradient_difference(
         _loaded_learner(golden, fused_batch_norm=True), golden
     )
-    print(f"golden, fused batch norm: loss {loss:.7f}; gradient relative "
-          f"difference {relative:.2e}")
+    print(
+        f"golden, fused batch norm: loss {loss:.7f}; gradient relative "
+        f"difference {relative:.2e}"
+    )
     np.testing.assert_allclose(loss, float(golden["loss"]), rtol=1e-5)
     assert relative < 3e-3
 
@@ -139,8 +150,9 @@ def test_meta_loss_and_every_gradient_match_the_authors(golden):
     np.testing.assert_allclose(float(loss), float(golden["loss"]), rtol=1e-5)
 
     reference = _torch_to_ours(golden, "grad")
-    ours = dict(zip(learner.trainable_variable_names,
-                    [g.numpy() for g in grads]))
+    ours = dict(
+        zip(learner.trainable_variable_names, [g.numpy() for g in grads])
+    )
     diff_sq = ref_sq = 0.0
     for name, ref in reference.items():
         got = ours[name]
@@ -155,8 +167,10 @@ def test_meta_loss_and_every_gradient_match_the_authors(golden):
         rel = np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12)
         assert rel < 1e-2 or np.linalg.norm(ref) < 1e-6, (name, rel)
     relative = np.sqrt(diff_sq) / np.sqrt(ref_sq)
-    print(f"golden: loss {float(loss):.7f} vs {float(golden['loss']):.7f}; "
-          f"gradient relative difference {relative:.2e}")
+    print(
+        f"golden: loss {float(loss):.7f} vs {float(golden['loss']):.7f}; "
+        f"gradient relative difference {relative:.2e}"
+    )
     assert relative < 1e-3
 
 
@@ -165,8 +179,9 @@ def test_first_order_differs_from_the_authors_second_order(golden):
     learner = _loaded_learner(golden, second_order=False)
     _, grads = learner.compute_meta_gradients(_episodes(golden), epoch=0)
     reference = _torch_to_ours(golden, "grad")
-    ours = dict(zip(learner.trainable_variable_names,
-                    [g.numpy() for g in grads]))
+    ours = dict(
+        zip(learner.trainable_variable_names, [g.numpy() for g in grads])
+    )
     name = "network/conv1/kernel"
     rel = np.linalg.norm(ours[name] - reference[name]) / np.linalg.norm(
         reference[name]
