@@ -184,11 +184,13 @@ def run_benchmark(
     for _ in range(bench.warmup):
         step()
     times = []
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for i in range(bench.steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
         log(f"  step {i + 1}/{bench.steps}: {times[-1]:.3f} s")
+    usage_after = resource.getrusage(resource.RUSAGE_SELF)
     median = statistics.median(times)
     op_shares = None
     if bench.profile_steps:
@@ -217,6 +219,23 @@ def run_benchmark(
         "seconds_per_iteration": round(median, 4),
         "iterations_per_second": round(1.0 / median, 3),
         "min_seconds_per_iteration": round(min(times), 4),
+        # CPU time of the timed steps, per step: "system" is the kernel's
+        # share (page faults of freshly mapped memory show up there).
+        "cpu_user_seconds_per_iteration": round(
+            (usage_after.ru_utime - usage_before.ru_utime) / bench.steps, 4
+        ),
+        "cpu_system_seconds_per_iteration": round(
+            (usage_after.ru_stime - usage_before.ru_stime) / bench.steps, 4
+        ),
+        "minor_page_faults_per_iteration": round(
+            (usage_after.ru_minflt - usage_before.ru_minflt) / bench.steps
+        ),
+        # The CPU allocator settings TensorFlow started with.
+        "allocator_environment": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith(("TF_CPU_", "MALLOC_", "TF_GPU_ALLOCATOR"))
+        },
         "peak_rss_bytes": _peak_rss_bytes(),
         "setup_rss_bytes": setup_rss,
         "steps": bench.steps,

@@ -19,6 +19,12 @@ import sys
 
 # TensorFlow's C++ INFO lines drown the progress lines; keep its warnings.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# Before TensorFlow loads: it reads its allocator settings only once.
+try:
+    from mamlpp_tf_scripts import _cpu_allocator
+except ImportError:  # Run as `python scripts/<app>.py`.
+    import _cpu_allocator
+CPU_ALLOCATOR_NOTE = _cpu_allocator.configure()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -137,6 +143,7 @@ def run(main):
     def guarded_main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        logging.info("%s", CPU_ALLOCATOR_NOTE)
         try:
             return main(argv)
         except stop_signals.TrainingInterrupted as interrupted:

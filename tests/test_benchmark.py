@@ -45,6 +45,11 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["second_order"] is False
     assert figures["multi_step_loss"] is True
     assert figures["config"]["num_ways"] == 5
+    # The app chose the allocator before TensorFlow loaded, and says so.
+    assert "TF_CPU_ALLOCATOR_USE_BFC" in figures["allocator_environment"]
+    assert figures["cpu_user_seconds_per_iteration"] > 0
+    assert figures["cpu_system_seconds_per_iteration"] >= 0
+    assert figures["minor_page_faults_per_iteration"] >= 0
 
 
 def test_eval_phase_and_random_batch_shapes():

@@ -1,0 +1,56 @@
+"""The CPU allocator TensorFlow starts with, chosen before TensorFlow loads.
+
+TensorFlow reads its allocator settings once, when it creates its first CPU
+allocator, so they must be in the environment before `import tensorflow`:
+`_app` calls `configure()` before it imports anything that loads it.
+
+By default TensorFlow allocates every CPU tensor with the C library's
+malloc. glibc serves requests above its mmap threshold (at most 32 MiB) with
+a fresh mmap each time and unmaps them on free, so a meta-step of a large
+configuration (mini-ImageNet: a 75-image activation of 48 channels at
+84x84 is 100 MB) maps, page-faults, zeroes and unmaps gigabytes per step:
+half of the wall time went to the kernel (BENCHMARKS.md). TensorFlow's own
+best-fit-with-coalescing (BFC) allocator keeps the memory it mapped and
+reuses it, so the apps turn it on unless the user's environment already
+says what to use. The figures behind the choice, and what it costs in
+memory, are in BENCHMARKS.md ("CPU allocator").
+
+    TF_CPU_ALLOCATOR_USE_BFC=false mamlpp-train ...   # back to malloc
+"""
+
+import os
+import sys
+
+BFC_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
+DEFAULT = "true"
+
+
+def configure(environ=None) -> str:
+    """Sets the default allocator unless `environ` already chooses one.
+
+    Args:
+      environ: the environment to read and update; None for `os.environ`.
+
+    Returns:
+      A line saying which allocator TensorFlow will use and why, for the
+      apps to log once logging is set up.
+    """
+    environ = os.environ if environ is None else environ
+    if BFC_VARIABLE in environ:
+        return (
+            f"CPU allocator: {BFC_VARIABLE}={environ[BFC_VARIABLE]} from the "
+            "environment."
+        )
+    environ[BFC_VARIABLE] = DEFAULT
+    note = (
+        f"CPU allocator: TensorFlow's BFC allocator ({BFC_VARIABLE}="
+        f"{DEFAULT}, the mamlpp_tf default; set {BFC_VARIABLE}=false for "
+        "the C library's malloc)."
+    )
+    if "tensorflow" in sys.modules and environ is os.environ:
+        # Too late to take effect in this process: say so, never silently.
+        note += (
+            " TensorFlow was imported before the apps could set it, so this "
+            "process keeps the allocator it started with."
+        )
+    return note
