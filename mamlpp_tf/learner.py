@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import numbers
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,12 +18,10 @@ from mamlpp_tf import inner_loop
 from mamlpp_tf import meta_step
 from mamlpp_tf import model as model_lib
 from mamlpp_tf import schedules
+from mamlpp_tf import torch_adam
 from mamlpp_tf.layers import InnerLearningRates
 
 log = logging.getLogger(__name__)
-
-# PyTorch's Adam epsilon (the authors' meta-optimizer); Keras defaults to 1e-7.
-ADAM_EPSILON = 1e-8
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,15 +86,18 @@ class MetaLearner:
                     config.inner_lr_init, dtype=config.dtype,
                     name="inner_learning_rates",
                 )
-            self.optimizer = keras.optimizers.Adam(
+            # The authors' torch.optim.Adam update, epsilon 1e-8 included.
+            self.optimizer = torch_adam.TorchAdam(
                 learning_rate=schedules.meta_lr(config, 0),
                 beta_1=config.adam_beta1, beta_2=config.adam_beta2,
-                epsilon=ADAM_EPSILON,
             )
             self.optimizer.build(self.trainable_variables)
         self._functions = {}
-        self._consecutive_nonfinite = 0
+        # Skipped meta-steps (non-finite loss or gradient): in all, and in a
+        # row so far. The training loop checkpoints both, so a run that is
+        # resumed keeps counting towards `max_nonfinite_steps`.
         self.num_skipped_steps = 0
+        self.num_consecutive_skipped_steps = 0
         self._warned_extra_steps = False
 
     # -- Variables -----------------------------------------------------
@@ -258,15 +258,17 @@ class MetaLearner:
             out = tf.nest.map_structure(lambda v: self._reduce(sum_op, v),
                                         out)
             grads = out["grads"]
+            # Checked before clipping, which would turn an Inf into +-clip
+            # and let the step through.
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
+                + [tf.math.is_finite(out["loss"])]
+            )
             if config.meta_grad_clip is not None:
                 clip = config.meta_grad_clip
                 num_network = len(self.network_names)
                 grads = ([tf.clip_by_value(g, -clip, clip)
                           for g in grads[:num_network]] + grads[num_network:])
-            finite = tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(g)) for g in grads]
-                + [tf.math.is_finite(out["loss"])]
-            )
 
             def apply():
                 self.optimizer.apply(grads, self.trainable_variables)
@@ -307,11 +309,16 @@ class MetaLearner:
 
         Metrics: loss, accuracy (final step), per_step_accuracy and
         per_step_loss [num_inner_steps], applied (False when the step was
-        skipped for a non-finite loss or gradient), meta_lr.
+        skipped: a non-finite loss, or a non-finite meta-gradient before
+        any clipping; weights, Adam state and BN statistics are then left
+        as they were), meta_lr. A skipped step is counted in
+        `num_skipped_steps` and `num_consecutive_skipped_steps`; reporting
+        it is the caller's job (the training loop warns and logs it).
 
         Raises:
-          NonFiniteLossError: after `max_nonfinite_steps` consecutive
-            skipped steps.
+          NonFiniteLossError: the step made `max_nonfinite_steps` skipped
+            steps in a row (`num_consecutive_skipped_steps`, which a
+            restored checkpoint sets).
         """
         local, global_size = self._batch_info(batch)
         meta_step.check_batch(local, self.config)
@@ -325,18 +332,19 @@ class MetaLearner:
         metrics = {k: np.asarray(v) for k, v in out.items()}
         metrics["meta_lr"] = lr
         if metrics["applied"]:
-            self._consecutive_nonfinite = 0
-        else:
-            self.num_skipped_steps += 1
-            self._consecutive_nonfinite += 1
-            log.warning("Skipped a meta-step with a non-finite loss or "
-                        "gradient (%d in a row).", self._consecutive_nonfinite)
-            if self._consecutive_nonfinite >= self.config.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{self._consecutive_nonfinite} consecutive meta-steps had "
-                    "a non-finite loss or gradient; training stopped. Lower "
-                    "--meta_lr or --inner_lr_init, or set meta_grad_clip."
-                )
+            self.num_consecutive_skipped_steps = 0
+            return metrics
+        self.num_skipped_steps += 1
+        self.num_consecutive_skipped_steps += 1
+        in_a_row = self.num_consecutive_skipped_steps
+        if in_a_row >= self.config.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{in_a_row} consecutive meta-steps, the last in epoch "
+                f"{epoch}, had a non-finite loss or gradient (the count "
+                "carries over a resumed run); training stopped. Lower "
+                "--meta_lr or --inner_lr_init, or set --meta_grad_clip, and "
+                "train in a new --workdir."
+            )
         return metrics
 
     # -- Evaluation and adaptation ---------------------------------------
