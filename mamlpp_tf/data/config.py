@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-DATASETS = ("omniglot", "mini_imagenet", "synthetic")
+DATASETS = ("omniglot", "mini_imagenet", "synthetic", "image_folder")
 SPLITS = ("train", "val", "test")
 SPLIT_SCHEMES = ("reference", "lake")
 NORMALIZATIONS = ("none", "imagenet")
@@ -22,7 +22,13 @@ MINI_IMAGENET_IMAGE_SHAPE = (84, 84, 3)
 
 # The authors' configs: 1 query image per class on Omniglot, 15 on
 # mini-ImageNet (the Ravi & Larochelle protocol).
-DEFAULT_NUM_QUERIES = {"omniglot": 1, "mini_imagenet": 15, "synthetic": 1}
+# Image folders default to 1 too: it asks the least of every class.
+DEFAULT_NUM_QUERIES = {
+    "omniglot": 1,
+    "mini_imagenet": 15,
+    "synthetic": 1,
+    "image_folder": 1,
+}
 
 # The authors evaluate on 600 fixed tasks per split (Sec. 5).
 NUM_EVAL_TASKS = 600
@@ -37,6 +43,13 @@ DEFAULT_SYNTHETIC_NUM_CLASSES = (64, 16, 20)
 # Below 4 pixels a side a glyph is no longer recognisable.
 MIN_SYNTHETIC_SIDE = 4
 MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts seeds below 2**32.
+# Image folders: what the network sees may be grey or RGB.
+IMAGE_CHANNELS = (1, 3)
+# How far the split fractions may sum from 1 (decimal input like 0.7,0.1,0.2
+# is not exact in binary).
+FRACTION_SUM_TOLERANCE = 1e-6
+# The fields that only an image folder reads.
+IMAGE_FOLDER_FIELDS = ("image_size", "image_channels", "split_fractions")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -61,13 +74,16 @@ class DataConfig:
     """Where the images come from and how classes are split.
 
     Attributes:
-      dataset: "omniglot", "mini_imagenet" or "synthetic".
+      dataset: "omniglot", "mini_imagenet", "synthetic" or "image_folder".
       data_dir: the raw data folder. Omniglot: the folder holding
         `images_background/` and `images_evaluation/`; None downloads the
         two official archives into `tfds_data_dir/downloads`.
         mini-ImageNet: the folder holding `{train,val,test}.csv` and the
         images, or the `mini-imagenet-cache-*.pkl` pickles; required.
-        Synthetic: must be None (the images are generated).
+        Synthetic: must be None (the images are generated). Image folder:
+        required; either `train/`, `val/` and `test/`, each holding one
+        folder per class, or (with `split_fractions`) one folder per class
+        (see `image_folder`).
       tfds_data_dir: where TFDS writes the prepared splits; None uses TFDS's
         default (`$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
       split_scheme: Omniglot only. "reference" (the authors' exact split of
@@ -82,6 +98,13 @@ class DataConfig:
       synthetic_num_classes: synthetic only, (train, val, test) class counts.
       synthetic_images_per_class: synthetic only, images drawn per class.
       synthetic_image_shape: synthetic only, (H, W, C) with C in {1, 3}.
+      image_size: image folder only, required: (H, W) that every image is
+        resized to (see `preprocessing`).
+      image_channels: image folder only, required: 1 (grey) or 3 (RGB).
+      split_fractions: image folder only. None: `data_dir` holds `train/`,
+        `val/` and `test/`. (train, val, test), each > 0, summing to 1:
+        `data_dir` is one folder of class folders, whose classes are split
+        by `seed` in these proportions (`image_folder.split_classes`).
     """
 
     dataset: str
@@ -93,8 +116,15 @@ class DataConfig:
     synthetic_num_classes: tuple[int, int, int] = DEFAULT_SYNTHETIC_NUM_CLASSES
     synthetic_images_per_class: int = DEFAULT_SYNTHETIC_IMAGES_PER_CLASS
     synthetic_image_shape: tuple[int, int, int] = OMNIGLOT_IMAGE_SHAPE
+    image_size: tuple[int, int] | None = None
+    image_channels: int | None = None
+    split_fractions: tuple[float, float, float] | None = None
 
     def __post_init__(self):
+        # Lists arrive from config.json; keep the config hashable.
+        for name in ("image_size", "split_fractions"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         _require(
             self.dataset in DATASETS,
             f"dataset must be one of {DATASETS}, got {self.dataset!r}.",
@@ -137,6 +167,7 @@ class DataConfig:
                 f"got {self.data_dir!r}.",
             )
         self._check_synthetic()
+        self._check_image_folder()
 
     def _check_synthetic(self) -> None:
         counts = self.synthetic_num_classes
@@ -164,30 +195,82 @@ class DataConfig:
             f"H, W >= {MIN_SYNTHETIC_SIDE} and C in (1, 3), got {shape!r}.",
         )
 
+    def _check_image_folder(self) -> None:
+        if self.dataset != "image_folder":
+            given = [
+                n for n in IMAGE_FOLDER_FIELDS if getattr(self, n) is not None
+            ]
+            _require(
+                not given,
+                f"{', '.join(given)} only apply to dataset='image_folder', "
+                f"not {self.dataset!r}, whose images have a fixed shape and "
+                "split. Remove them.",
+            )
+            return
+        _require(
+            self.data_dir is not None,
+            "dataset='image_folder' needs data_dir: a folder with train/, "
+            "val/ and test/ class folders, or one folder of class folders "
+            "with split_fractions.",
+        )
+        size = self.image_size
+        _require(
+            isinstance(size, tuple)
+            and len(size) == 2
+            and all(is_int(s) and s >= 1 for s in size),
+            "image_folder needs image_size, the (H, W) of what the network "
+            f"sees, e.g. --image_size=28 or --image_size=84,84; got {size!r}.",
+        )
+        _require(
+            is_int(self.image_channels)
+            and self.image_channels in IMAGE_CHANNELS,
+            f"image_folder needs image_channels in {IMAGE_CHANNELS} (grey or "
+            f"RGB), e.g. --image_channels=3; got {self.image_channels!r}.",
+        )
+        fractions = self.split_fractions
+        if fractions is None:
+            return
+        _require(
+            isinstance(fractions, tuple)
+            and len(fractions) == 3
+            and all(
+                isinstance(f, (int, float)) and not isinstance(f, bool)
+                for f in fractions
+            )
+            and all(f > 0 for f in fractions)
+            and abs(sum(fractions) - 1.0) <= FRACTION_SUM_TOLERANCE,
+            "split_fractions must be None or 3 fractions of the classes "
+            "(train, val, test), each > 0, summing to 1, e.g. "
+            f"--split_fractions=0.7,0.1,0.2; got {fractions!r}.",
+        )
+
 
 def image_shape_for(dataset: str | DataConfig) -> tuple[int, int, int]:
     """The (H, W, C) of the images `load_splits` returns.
 
     Args:
       dataset: "omniglot", "mini_imagenet", or a `DataConfig` (needed for
-        "synthetic", whose shape is configurable).
+        "synthetic" and "image_folder", whose shape is configurable).
 
     Returns:
-      (28, 28, 1) for Omniglot, (84, 84, 3) for mini-ImageNet, and
-      `config.synthetic_image_shape` for synthetic data.
+      (28, 28, 1) for Omniglot, (84, 84, 3) for mini-ImageNet,
+      `config.synthetic_image_shape` for synthetic data and
+      (*config.image_size, config.image_channels) for an image folder.
     """
     if isinstance(dataset, DataConfig):
         if dataset.dataset == "synthetic":
             return dataset.synthetic_image_shape
+        if dataset.dataset == "image_folder":
+            return (*dataset.image_size, dataset.image_channels)
         dataset = dataset.dataset
     if dataset == "omniglot":
         return OMNIGLOT_IMAGE_SHAPE
     if dataset == "mini_imagenet":
         return MINI_IMAGENET_IMAGE_SHAPE
-    if dataset == "synthetic":
+    if dataset in ("synthetic", "image_folder"):
         raise ValueError(
-            "The synthetic image shape is configurable: pass the DataConfig "
-            "instead of the string 'synthetic'."
+            f"The {dataset} image shape is configurable: pass the DataConfig "
+            f"instead of the string {dataset!r}."
         )
     raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}.")
 
@@ -255,7 +338,8 @@ def episode_config_for(
 
     Omniglot: 1 query per class, rotation augmentation in training, no
     normalisation. mini-ImageNet: 15 queries, no augmentation, ImageNet
-    normalisation. Synthetic: 1 query, no augmentation, no normalisation.
+    normalisation. Synthetic and image folders: 1 query, no augmentation,
+    no normalisation (pixels in [0, 1]).
     Override any field with `dataclasses.replace`.
     """
     if dataset not in DATASETS:

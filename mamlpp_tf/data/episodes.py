@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import preprocessing
 from mamlpp_tf.data.class_images import ClassImages
 
 # Stable split ids for the RNG key (Python's hash() of a str is salted).
@@ -26,11 +27,10 @@ SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 RNG_ALG = "philox"
 # Omniglot rotations (the authors' code): k * 90 degrees, k in {0, 1, 2, 3}.
 NUM_ROTATIONS = 4
-# ImageNet channel statistics (RGB), applied to pixels in [0, 1]: the
-# normalisation of the authors' mini-ImageNet pipeline.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PIXEL_SCALE = 1.0 / 255.0
+# The normalisation of the authors' mini-ImageNet pipeline (see
+# `preprocessing`, which applies it).
+IMAGENET_MEAN = preprocessing.IMAGENET_MEAN
+IMAGENET_STD = preprocessing.IMAGENET_STD
 
 
 def validate_episode_feasible(
@@ -136,21 +136,9 @@ class _BatchAssembler:
 
     def __init__(self, class_images, config, split):
         self._config = config
-        self._shape = class_images.image_shape
-        height, width, channels = self._shape
         self._rotate = config.augment_rotations and split == "train"
         # The split stays uint8 in memory; floats exist per batch only.
         self._images = class_images.images_tensor  # [num_images, H, W, C]
-        # Per-channel scale and offset, tiled over a whole image: TF's CPU
-        # kernels broadcast a [C] vector over [..., C] 3-4x slower than a
-        # [H*W*C] one over [rows, H*W*C] (measured on 84x84x3).
-        if config.normalization == "imagenet":
-            scale = PIXEL_SCALE / np.array(IMAGENET_STD)
-            offset = -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD)
-        else:
-            scale, offset = np.full(channels, PIXEL_SCALE), np.zeros(channels)
-        self._scale = tf.constant(np.tile(scale, height * width), tf.float32)
-        self._offset = tf.constant(np.tile(offset, height * width), tf.float32)
         n, t = config.num_ways, config.meta_batch_size
         labels = np.arange(n, dtype=np.int32)
         self._support_y = tf.constant(
@@ -163,8 +151,8 @@ class _BatchAssembler:
     def _to_float(self, x):
         """float32 [T, N*S, H, W, C] for uint8 x [T, N, S, H, W, C]."""
         t, n, samples, height, width, channels = x.shape
-        x = tf.reshape(x, [t * n * samples, height * width * channels])
-        x = tf.cast(x, tf.float32) * self._scale + self._offset
+        x = tf.reshape(x, [t * n * samples, height, width, channels])
+        x = preprocessing.scale_pixels(x, self._config.normalization)
         return tf.reshape(x, [t, n * samples, height, width, channels])
 
     def __call__(self, batch):

@@ -24,9 +24,9 @@ import pickle
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import preprocessing
 
 CSV_FOLDERS = "csv_split_folders"
 CSV_IMAGES = "csv_images"
@@ -213,7 +213,7 @@ def fingerprint_pickles(root: pathlib.Path) -> str:
 
 
 def decode_jpeg(path: str) -> np.ndarray:
-    """Reads one image as uint8 [84, 84, 3].
+    """Reads one image as uint8 [84, 84, 3] (`preprocessing.read_image`).
 
     Images of another size (the original ImageNet files) are resized with
     the area (box) filter, ignoring the aspect ratio like the authors' code;
@@ -222,19 +222,15 @@ def decode_jpeg(path: str) -> np.ndarray:
     Raises:
       ValueError: naming the file, if it cannot be decoded.
     """
-    height, width, _ = config_lib.MINI_IMAGENET_IMAGE_SHAPE
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (width, height))
-            rgb = image.convert("RGB")
-    except Exception as err:  # Pillow raises OSError, SyntaxError, ...
+        return preprocessing.read_image(
+            path, config_lib.MINI_IMAGENET_IMAGE_SHAPE
+        )
+    except ValueError as err:
         raise ValueError(
-            f"Cannot decode mini-ImageNet image {path!r}: {err}. Replace or "
-            "re-extract the file."
+            f"Cannot decode mini-ImageNet image {path!r}: "
+            f"{err.__cause__ or err}. Replace or re-extract the file."
         ) from err
-    if rgb.size != (width, height):
-        rgb = rgb.resize((width, height), Image.Resampling.BOX)
-    return np.asarray(rgb, np.uint8)  # [84, 84, 3]
 
 
 def decode_class(files: tuple[str, ...]) -> np.ndarray:

@@ -11,14 +11,13 @@ Layout (Lake et al., 2015; the two official archives unzipped side by side):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 
 import numpy as np
-from PIL import Image
 
 from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import preprocessing
 
 BACKGROUND = "images_background"
 EVALUATION = "images_evaluation"
@@ -176,22 +175,6 @@ def find_classes_in_root(root: pathlib.Path) -> list[OmniglotClass]:
     return find_classes({s: root / s for s in SUBSETS})
 
 
-def fingerprint(classes: list[OmniglotClass]) -> str:
-    """A hash of every file's path, size and mtime: changes with the data.
-
-    Keys the prepared TFDS data, so that editing, adding or moving a file
-    re-prepares instead of loading stale images (a stat costs ~5 us/file).
-    """
-    digest = hashlib.sha256()
-    for cls in classes:
-        for path in cls.files:
-            stat = os.stat(path)
-            digest.update(
-                f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-            )
-    return digest.hexdigest()
-
-
 def split_classes(
     classes: list[OmniglotClass], scheme: str, seed: int
 ) -> dict[str, list[OmniglotClass]]:
@@ -261,24 +244,21 @@ def split_classes(
 def decode_png(path: str) -> np.ndarray:
     """Reads one drawing: uint8 [28, 28, 1], white (255) background.
 
-    The 1-bit image is converted to 8-bit first, then resized with the area
-    (box) filter, the exact pixel average. (The authors ask Pillow for
-    LANCZOS on the 1-bit image, which Pillow silently replaces by NEAREST.)
+    `preprocessing.read_image`: the 1-bit image is converted to 8-bit grey
+    first, then resized with the area (box) filter, the exact pixel
+    average. (The authors ask Pillow for LANCZOS on the 1-bit image, which
+    Pillow silently replaces by NEAREST.)
 
     Raises:
       ValueError: naming the file, if it cannot be decoded.
     """
-    height, width, _ = config_lib.OMNIGLOT_IMAGE_SHAPE
     try:
-        with Image.open(path) as image:
-            grey = image.convert("L")  # 1-bit {0, 1} -> {0, 255}.
-    except Exception as err:  # Pillow raises OSError, SyntaxError, zlib.error.
+        return preprocessing.read_image(path, config_lib.OMNIGLOT_IMAGE_SHAPE)
+    except ValueError as err:
         raise ValueError(
-            f"Cannot decode Omniglot image {path!r}: {err}. Replace it with "
-            "the file from the official archive."
+            f"Cannot decode Omniglot image {path!r}: {err.__cause__ or err}. "
+            "Replace it with the file from the official archive."
         ) from err
-    small = grey.resize((width, height), Image.Resampling.BOX)
-    return np.asarray(small, np.uint8)[:, :, None]  # [28, 28, 1]
 
 
 def decode_class(files: tuple[str, ...]) -> np.ndarray:

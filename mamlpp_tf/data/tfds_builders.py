@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import image_folder
 from mamlpp_tf.data import mini_imagenet
 from mamlpp_tf.data import omniglot
 from mamlpp_tf.data import parallel_decode
@@ -215,6 +216,34 @@ class MamlppSynthetic(_ClassSplitsBuilder):
         )
         arrays = parallel_decode.imap_ordered(draw, indices)
         return self._examples(names, arrays)
+
+
+class MamlppImageFolder(_ClassSplitsBuilder):
+    """A folder of class folders (see `image_folder`), any size and mode,
+    resized to the configured (H, W, C) by `preprocessing.read_image`."""
+
+    _DESCRIPTION = "Your own images: one folder per class."
+
+    @property
+    def _ENCODING(self):
+        # Grey drawings compress well; natural (RGB) images barely do, and
+        # raw bytes load fastest.
+        if self.builder_config.image_shape[2] == 1:
+            return tfds.features.Encoding.ZLIB
+        return tfds.features.Encoding.BYTES
+
+    def _split_generators(self, dl_manager):
+        _, splits = image_folder.find_splits(self.builder_config.data_config)
+        return {
+            split: self._generate_examples(members)
+            for split, members in splits.items()
+        }
+
+    def _generate_examples(self, classes):
+        arrays = image_folder.decode_classes(
+            classes, self.builder_config.image_shape
+        )
+        return self._examples([c.name for c in classes], arrays)
 
 
 def _draw_synthetic_class(seed, num_images, shape, class_index):
