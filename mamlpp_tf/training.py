@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from mamlpp_tf import checkpointing
 from mamlpp_tf import data as data_lib
+from mamlpp_tf.data import image_folder
 from mamlpp_tf import distribute
 from mamlpp_tf import evaluation
 from mamlpp_tf import experiment
@@ -220,12 +221,11 @@ def _check_workdir(
 
 
 def _load_data(config: experiment.ExperimentConfig) -> dict:
-    """Every split, checked against the task shape before any step."""
-    splits = data_lib.load_splits(config.data)
-    episode = config.episode_config()
-    for split, class_images in splits.items():
-        data_lib.validate_episode_feasible(class_images, episode, split)
-    return splits
+    """Every split, checked against the task shape before any step (an
+    image folder's before it is prepared)."""
+    return data_lib.load_splits(
+        config.data, episode_config=config.episode_config()
+    )
 
 
 def _write_runtime(
@@ -305,6 +305,12 @@ def train_and_evaluate(
             workdir / "config.json",
             config.to_json(),
         )
+        if config.data.dataset == "image_folder":
+            image_folder.write_class_split(
+                config.data,
+                {s: images.class_names for s, images in splits.items()},
+                workdir,
+            )
         _write_runtime(runtime, strategy, workdir)
     checkpoint = checkpointing.TrainCheckpoint(
         learner, worker_dir, keep=config.keep_checkpoints

@@ -30,7 +30,9 @@ _DATA_DIR = flags.DEFINE_string(
     None,
     "Raw data folder. Omniglot: holds images_background/ and "
     "images_evaluation/ (unset: download them). mini_imagenet: holds "
-    "{train,val,test}.csv and the images. synthetic: leave unset.",
+    "{train,val,test}.csv and the images. synthetic: leave unset. "
+    "image_folder: train/, val/ and test/ of class folders, or one folder "
+    "of class folders with --split_fractions.",
 )
 _TFDS_DATA_DIR = flags.DEFINE_string(
     "tfds_data_dir",
@@ -45,6 +47,67 @@ _SPLIT_SCHEME = flags.DEFINE_enum(
     "Omniglot class split: 'reference' (the authors' 1150/50/423 shuffle) "
     "or 'lake' (background vs evaluation alphabets).",
 )
+
+
+class _NumbersParser(flags.ArgumentParser):
+    """Parses 'a,b,...' into a tuple of `count` numbers of `kind`."""
+
+    def __init__(self, kind, counts, help_text):
+        self._kind, self._counts = kind, counts
+        self.syntactic_help = help_text
+
+    def parse(self, argument):
+        if isinstance(argument, tuple):
+            return argument
+        try:
+            values = tuple(self._kind(p) for p in str(argument).split(","))
+        except ValueError:
+            values = ()
+        if len(values) not in self._counts:
+            raise ValueError(f"expected {self.syntactic_help}")
+        return values
+
+    def flag_type(self):
+        return f"comma-separated {self._kind.__name__}s"
+
+
+class _ImageSizeParser(_NumbersParser):
+    def __init__(self):
+        super().__init__(int, (1, 2), "H,W or one number N for N x N")
+
+    def parse(self, argument):
+        size = super().parse(argument)
+        size = size * 2 if len(size) == 1 else size
+        if min(size) < 1:
+            raise ValueError(f"sizes must be >= 1, got {argument!r}")
+        return size
+
+
+_IMAGE_SIZE = flags.DEFINE(
+    _ImageSizeParser(),
+    "image_size",
+    None,
+    "image_folder: the H,W (or one number for square) that every image is "
+    "resized to (area filter, aspect ratio not kept; README 'Your own "
+    "data').",
+    serializer=flags.ListSerializer(","),
+)
+_IMAGE_CHANNELS = flags.DEFINE_enum(
+    "image_channels",
+    None,
+    ("1", "3"),
+    "image_folder: 1 (grey, ITU-R 601 luma) or 3 (RGB); transparent pixels "
+    "become white.",
+)
+_SPLIT_FRACTIONS = flags.DEFINE(
+    _NumbersParser(float, (3,), "three fractions train,val,test"),
+    "split_fractions",
+    None,
+    "image_folder whose data_dir is one folder of class folders: the "
+    "train,val,test fractions of its classes (e.g. 0.7,0.1,0.2), split by "
+    "a fixed seeded shuffle; unset: data_dir holds train/, val/, test/.",
+    serializer=flags.ListSerializer(","),
+)
 _ALLOW_PICKLE = flags.DEFINE_bool(
     "allow_pickle",
     False,
@@ -55,7 +118,7 @@ _NUM_QUERIES = flags.DEFINE_integer(
     "num_queries",
     None,
     "Query examples per class (unset: the dataset's protocol, 1 for "
-    "Omniglot, 15 for mini-ImageNet).",
+    "Omniglot, synthetic and image folders, 15 for mini-ImageNet).",
     lower_bound=1,
 )
 _NUM_EVAL_INNER_STEPS = flags.DEFINE_integer(
@@ -241,6 +304,13 @@ def experiment_config() -> experiment.ExperimentConfig:
         tfds_data_dir=_TFDS_DATA_DIR.value,
         split_scheme=_SPLIT_SCHEME.value,
         allow_pickle=_ALLOW_PICKLE.value,
+        image_size=_IMAGE_SIZE.value,
+        image_channels=(
+            None
+            if _IMAGE_CHANNELS.value is None
+            else int(_IMAGE_CHANNELS.value)
+        ),
+        split_fractions=_SPLIT_FRACTIONS.value,
     )
     learner_values = {name: flag.value for name, flag in _LEARNER.items()}
     protocol = data.episode_config_for(

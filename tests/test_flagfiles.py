@@ -35,7 +35,9 @@ def configs():
 
 def test_one_flagfile_per_paper_experiment_plus_smoke(configs):
     assert len(EXPERIMENTS) == 12
-    assert sorted(configs) == sorted(EXPERIMENTS + ["smoke.cfg"])
+    assert sorted(configs) == sorted(
+        EXPERIMENTS + ["smoke.cfg", "maml++_image_folder.cfg"]
+    )
     errors = {name: c["error"] for name, c in configs.items() if "error" in c}
     assert errors == {}
 
@@ -85,3 +87,29 @@ def test_the_authors_settings(configs, name):
         assert learner["inner_lr_init"] == (0.1 if omniglot else 0.01)
     else:
         assert learner["inner_lr_init"] == 0.1
+
+
+def test_image_folder_flagfile_is_maml_plus_plus_on_small_images(configs):
+    config = configs["maml++_image_folder.cfg"]
+    learner = config["learner"]
+    assert config["data"]["dataset"] == "image_folder"
+    assert config["data"]["image_size"] == [28, 28]
+    assert config["data"]["image_channels"] == 3
+    # No split_fractions: it refuses a folder that is already split.
+    assert config["data"]["split_fractions"] is None
+    assert learner["image_shape"] == [28, 28, 3]
+    assert (learner["num_ways"], learner["num_shots"]) == (5, 1)
+    assert learner["num_queries"] == 1
+    # The Omniglot MAML++ settings.
+    assert learner["num_inner_steps"] == learner["num_eval_inner_steps"] == 5
+    assert (learner["meta_batch_size"], learner["num_filters"]) == (8, 64)
+    assert learner["inner_lr_init"] == 0.1
+    for part in (
+        "learn_inner_lr",
+        "multi_step_loss",
+        "per_step_bn_statistics",
+        "per_step_bn_weights",
+        "cosine_annealing",
+        "second_order",
+    ):
+        assert learner[part] is True, part

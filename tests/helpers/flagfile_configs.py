@@ -15,10 +15,11 @@ from absl import flags
 
 from mamlpp_tf_scripts import train
 
-# Building a config reads no data: any paths do. mini-ImageNet alone
-# requires a data_dir (it cannot be downloaded).
+# Building a config reads no data: any paths do. mini-ImageNet and image
+# folders require a data_dir (neither can be downloaded).
 WORKDIR = "--workdir=/nonexistent/run"
 MINI_IMAGENET_DATA_DIR = "/nonexistent/mini_imagenet"
+IMAGE_FOLDER_DATA_DIR = "/nonexistent/my_images"  # Required, like the above.
 
 
 def main(paths):
@@ -28,6 +29,8 @@ def main(paths):
         flags.FLAGS(["mamlpp-train", f"--flagfile={path}", WORKDIR])
         if flags.FLAGS.dataset == "mini_imagenet":
             flags.FLAGS.data_dir = MINI_IMAGENET_DATA_DIR
+        if flags.FLAGS.dataset == "image_folder":
+            flags.FLAGS.data_dir = IMAGE_FOLDER_DATA_DIR
         try:
             configs[pathlib.Path(path).name] = (
                 train.experiment_config().to_dict()
