@@ -101,16 +101,34 @@ def _device_name() -> str:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"GPU: {details.get('device_name', gpus[0].name)} x{len(gpus)}"
-    model = platform.machine()
+    model, isa = platform.machine(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("model name"):
                     model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    isa = vector_isa(line.split(":", 1)[1].split())
+                if model != platform.machine() and isa:
                     break
     except OSError:
         pass  # Not Linux: the architecture name will do.
-    return f"CPU: {model}, {os.cpu_count()} cores"
+    return f"CPU: {model}{f' ({isa})' if isa else ''}, {os.cpu_count()} cores"
+
+
+def vector_isa(cpu_flags) -> str:
+    """The widest x86 vector extension among /proc/cpuinfo's flags, or "".
+
+    Speed figures depend on it (oneDNN picks its kernels by it), so every
+    figure names it: "AVX-512" (with " BF16" where present), "AVX2", "AVX".
+    """
+    cpu_flags = set(cpu_flags)
+    if "avx512f" in cpu_flags:
+        return "AVX-512" + (" BF16" if "avx512_bf16" in cpu_flags else "")
+    for flag, name in (("avx2", "AVX2"), ("avx", "AVX")):
+        if flag in cpu_flags:
+            return name
+    return ""
 
 
 def _op_time_shares(logdir: str, top: int = 12) -> dict:

@@ -115,11 +115,21 @@ def _random_batch(args, seed: int = 0):
 
 
 def _cpu_name() -> str:
+    """The model name and widest vector extension, as mamlpp-benchmark's."""
+    model, isa = platform.machine(), ""
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         for line in cpuinfo:
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not isa:
+                flags_ = set(line.split(":", 1)[1].split())
+                if "avx512f" in flags_:
+                    isa = "AVX-512" + (
+                        " BF16" if "avx512_bf16" in flags_ else ""
+                    )
+                else:
+                    isa = "AVX2" if "avx2" in flags_ else ""
+    return f"{model} ({isa})" if isa else model
 
 
 def main(argv):

@@ -109,3 +109,17 @@ def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(output.read_text())
     assert figures["config"]["image_shape"] == [84, 84, 3]
+
+
+@pytest.mark.parametrize(
+    "cpu_flags, expected",
+    [
+        (["fpu", "avx", "avx2", "fma"], "AVX2"),
+        (["avx", "avx2", "avx512f", "avx512bw"], "AVX-512"),
+        (["avx2", "avx512f", "avx512_bf16"], "AVX-512 BF16"),
+        (["sse4_2", "avx"], "AVX"),
+        (["neon", "asimd"], ""),
+    ],
+)
+def test_speed_figures_name_the_vector_extension(cpu_flags, expected):
+    assert benchmark.vector_isa(cpu_flags) == expected
