@@ -5,16 +5,23 @@ Signatures (one task per call; N = the trained num_ways):
     adapt_and_predict(support_x float32 [n_s, H, W, C],
                       support_y int32 [n_s] in [0, N),
                       query_x float32 [n_q, H, W, C]) -> {"logits": [n_q, N]}
-        The learned inner loop: `num_inner_steps` first-order SGD steps on
-        the support set with the LSLR rates and per-step batch norm, then
-        the query set through the adapted network.
+        The evaluation protocol: `num_eval_inner_steps` first-order SGD
+        steps on the support set with the LSLR rates and per-step batch
+        norm, through the inner loop that `eval_step` runs
+        (`inner_loop.adapt`), then the query set through the adapted
+        network.
     predict(query_x float32 [n, H, W, C]) -> {"logits": [n, N]}
         The meta-weights without adaptation (BN slot 0).
+    metadata() -> {"json": string, "image_shape": int32 [3],
+                   "num_ways": int32, "num_inner_steps": int32}
+        What a caller needs to build a valid request: `serving_metadata`,
+        as JSON, and its main fields as tensors. It names no class.
 
-Images are preprocessed as in training (Omniglot: pixels in [0, 1]). The
-SavedModel needs only TensorFlow: `tf.saved_model.load(path)` in a process
-that never imports mamlpp_tf. `assets.extra/mamlpp_export.json` records
-the experiment config and which weights were exported.
+Images are preprocessed as in training (`data.preprocessing`; described
+in the metadata). The SavedModel needs only TensorFlow:
+`tf.saved_model.load(path)` in a process that never imports mamlpp_tf.
+`assets.extra/mamlpp_export.json` records the experiment config, which
+weights were exported and the serving metadata.
 """
 
 from __future__ import annotations
@@ -28,14 +35,50 @@ import shutil
 import tensorflow as tf
 
 from mamlpp_tf import checkpointing
+from mamlpp_tf import config as config_lib
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf.data import preprocessing
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("best", "latest")
-SIGNATURES = ("adapt_and_predict", "predict")
+SIGNATURES = ("adapt_and_predict", "metadata", "predict")
 METADATA_PATH = os.path.join("assets.extra", "mamlpp_export.json")
+# Bumped whenever the signatures or the serving metadata change meaning.
+SERVING_FORMAT_VERSION = 1
+
+
+def serving_metadata(
+    config: config_lib.MetaLearnerConfig, normalization: str
+) -> dict:
+    """What a request to the exported model must match, as plain values.
+
+    Args:
+      config: the exported learner's config.
+      normalization: the episodes' pixel normalisation ("none" or
+        "imagenet"), part of the preprocessing.
+
+    Returns:
+      format_version, image_shape [H, W, C], num_ways (the classes of
+      every request), num_shots and num_queries (per class in training:
+      with transductive batch norm the statistics of a batch depend on its
+      size and mix), num_inner_steps (what adapt_and_predict runs, the
+      config's num_eval_inner_steps), bn_mode, and preprocessing
+      (`data.preprocessing.describe`). No class names.
+    """
+    return {
+        "format_version": SERVING_FORMAT_VERSION,
+        "image_shape": list(config.image_shape),
+        "num_ways": config.num_ways,
+        "num_shots": config.num_shots,
+        "num_queries": config.num_queries,
+        "num_inner_steps": config.num_eval_inner_steps,
+        "bn_mode": config.bn_mode,
+        "preprocessing": preprocessing.describe(
+            config.image_shape, normalization
+        ),
+    }
 
 
 class FewShotServing(tf.Module):
@@ -43,9 +86,10 @@ class FewShotServing(tf.Module):
 
     Args:
       learner: a `MetaLearner` holding the weights to export.
+      serving: its `serving_metadata`.
     """
 
-    def __init__(self, learner: learner_lib.MetaLearner):
+    def __init__(self, learner: learner_lib.MetaLearner, serving: dict):
         super().__init__(name="few_shot_serving")
         # Track the tf.Variables under the Keras variables, which the traced
         # functions capture, so that the SavedModel stores them.
@@ -55,7 +99,7 @@ class FewShotServing(tf.Module):
             self._rate_variables = [
                 v.value for v in learner.inner_rates.variables
             ]
-        steps = learner.config.num_inner_steps
+        steps = learner.config.num_eval_inner_steps
         images = tf.TensorSpec([None, *learner.config.image_shape], tf.float32)
         labels = tf.TensorSpec([None], tf.int32)
 
@@ -69,19 +113,43 @@ class FewShotServing(tf.Module):
         def predict(query_x):
             return {"logits": learner.predict(query_x)}
 
+        text = json.dumps(serving, sort_keys=True)
+
+        @tf.function(input_signature=[])
+        def metadata():
+            return {
+                "json": tf.constant(text),
+                "image_shape": tf.constant(serving["image_shape"], tf.int32),
+                "num_ways": tf.constant(serving["num_ways"], tf.int32),
+                "num_inner_steps": tf.constant(
+                    serving["num_inner_steps"], tf.int32
+                ),
+            }
+
         self.adapt_and_predict = adapt_and_predict
         self.predict = predict
+        self.metadata = metadata
 
 
 def save(
     learner: learner_lib.MetaLearner,
     export_dir: str | os.PathLike,
     metadata: dict,
+    *,
+    normalization: str,
 ) -> pathlib.Path:
     """Writes the SavedModel of `learner` to a new `export_dir`.
 
     It is written next to `export_dir` and renamed into place, so a crash
     leaves no half-written model under that name.
+
+    Args:
+      learner: the weights to export.
+      export_dir: a new (or empty) folder.
+      metadata: written to `METADATA_PATH`, with the serving metadata
+        added under "serving".
+      normalization: the training episodes' pixel normalisation
+        (`EpisodeConfig.normalization`), recorded in the serving metadata.
 
     Raises:
       FileExistsError: `export_dir` exists and is not empty.
@@ -97,7 +165,8 @@ def save(
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = export_dir.with_name(export_dir.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    module = FewShotServing(learner)
+    serving = serving_metadata(learner.config, normalization)
+    module = FewShotServing(learner, serving)
     signatures = {
         name: getattr(module, name).get_concrete_function()
         for name in SIGNATURES
@@ -110,7 +179,8 @@ def save(
     metadata_path = temporary / METADATA_PATH
     metadata_path.parent.mkdir(parents=True, exist_ok=True)
     metadata_path.write_text(
-        json.dumps(metadata, indent=2) + "\n", encoding="utf-8"
+        json.dumps({**metadata, "serving": serving}, indent=2) + "\n",
+        encoding="utf-8",
     )
     os.replace(temporary, export_dir)
     return export_dir
@@ -151,7 +221,7 @@ def export_workdir(
     metadata = {
         "weights": weights,
         "config": config.to_dict(),
-        "num_inner_steps": config.learner.num_inner_steps,
+        "num_inner_steps": config.learner.num_eval_inner_steps,
     }
     if weights == "best":
         top_k = checkpointing.TopKStore(
@@ -172,7 +242,12 @@ def export_workdir(
         if progress is None:
             raise ValueError(f"{str(workdir)!r} has no training checkpoint.")
         metadata.update(epoch=progress.epoch, iteration=progress.iteration)
-    path = save(learner, export_dir, metadata)
+    path = save(
+        learner,
+        export_dir,
+        metadata,
+        normalization=config.episode_config().normalization,
+    )
     log.info(
         "Exported the %s weights (epoch %d) of %s to %s.",
         weights,

@@ -3,6 +3,11 @@
 Pure functions over dicts of tensors ("layer/weight" -> tensor). The number
 of steps is a static Python int, so the loop unrolls at trace time and every
 per-step slot (BN slot, LSLR rate, MSL weight) is a static index.
+
+`adapt_steps` is the one inner loop of the code base: meta-training and
+evaluation (`run_inner_loop`) and adaptation alone (`adapt`, which
+`MetaLearner.adapt` and the exported `adapt_and_predict` run) all take
+their SGD steps through it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,73 @@ def inner_update(params: dict, grads: dict, rate: Rate, step: int) -> dict:
     for name, grad in grads.items():
         updated[name] = params[name] - rate(name, step) * grad
     return updated
+
+
+def adapt_steps(
+    forward: Forward,
+    rate: Rate,
+    params: dict,
+    support_x,
+    support_y,
+    *,
+    num_steps: int,
+    adapted_names: list[str],
+    second_order: bool,
+    training: bool,
+    outer_tape: tf.GradientTape | None = None,
+):
+    """Yields (step, fast weights, support BN moments) after each step.
+
+    Antoniou et al. (2019), Sec. 4: step k runs the support set through BN
+    slot k and updates the adapted tensors with the LSLR rate of step k.
+
+    Args:
+      forward, rate, params, num_steps, adapted_names, second_order,
+        training, outer_tape: as in `run_inner_loop`.
+      support_x: [n_s, H, W, C]; support_y: int32 [n_s].
+
+    Yields:
+      (step, every network tensor after the update of `step`, the BN
+      moments of its support pass).
+    """
+    fast = dict(params)
+    for step in range(num_steps):
+        grads, moments = _support_gradients(
+            forward, fast, support_x, support_y, step, adapted_names,
+            training, record=second_order or outer_tape is None,
+            outer_tape=outer_tape,
+        )
+        if not second_order:
+            grads = {n: tf.stop_gradient(g) for n, g in grads.items()}
+        fast = inner_update(fast, grads, rate, step)
+        yield step, fast, moments
+
+
+def adapt(
+    forward: Forward,
+    rate: Rate,
+    params: dict,
+    support_x,
+    support_y,
+    *,
+    num_steps: int,
+    adapted_names: list[str],
+) -> dict:
+    """The evaluation protocol's adaptation to one support set.
+
+    First order, `training=False`: exactly the support steps that
+    `run_inner_loop` takes at evaluation.
+
+    Returns:
+      The adapted tensors after the last step (`adapted_names` only).
+    """
+    fast = params
+    for _, fast, _ in adapt_steps(
+        forward, rate, params, support_x, support_y, num_steps=num_steps,
+        adapted_names=adapted_names, second_order=False, training=False,
+    ):
+        pass
+    return {n: fast[n] for n in adapted_names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +183,6 @@ def run_inner_loop(
         num_steps - 1 query forward passes (on mini-ImageNet, 75 images
         each, about 40% of a training step's arithmetic).
     """
-    fast = dict(params)
     step_losses, step_accuracies, support_moments = [], [], []
     zero = tf.zeros([], params[adapted_names[0]].dtype)
     # Unless every step is scored: the (loss, accuracy) of a step whose
@@ -119,14 +190,11 @@ def run_inner_loop(
     skip = (None if every_step_accuracy
             else (zero, tf.constant(float("nan"), zero.dtype)))
     logits = None
-    for step in range(num_steps):
-        grads, moments = _support_gradients(
-            forward, fast, task, step, adapted_names, training,
-            record=second_order or outer_tape is None, outer_tape=outer_tape,
-        )
-        if not second_order:
-            grads = {n: tf.stop_gradient(g) for n, g in grads.items()}
-        fast = inner_update(fast, grads, rate, step)
+    for step, fast, moments in adapt_steps(
+        forward, rate, params, task["support_x"], task["support_y"],
+        num_steps=num_steps, adapted_names=adapted_names,
+        second_order=second_order, training=training, outer_tape=outer_tape,
+    ):
         support_moments.append(moments)
         last = step == num_steps - 1
         if last:
@@ -156,15 +224,15 @@ def run_inner_loop(
     )
 
 
-def _support_gradients(forward, fast, task, step, adapted_names, training,
-                       *, record, outer_tape):
+def _support_gradients(forward, fast, support_x, support_y, step,
+                       adapted_names, training, *, record, outer_tape):
     """Support loss gradients w.r.t. the adapted tensors at `step`."""
 
     def compute():
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch([fast[n] for n in adapted_names])
-            logits, moments = forward(task["support_x"], step, fast, training)
-            loss = cross_entropy(logits, task["support_y"])
+            logits, moments = forward(support_x, step, fast, training)
+            loss = cross_entropy(logits, support_y)
         grads = tape.gradient(loss, [fast[n] for n in adapted_names])
         return dict(zip(adapted_names, grads, strict=True)), moments
 

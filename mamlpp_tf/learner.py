@@ -435,26 +435,21 @@ class MetaLearner:
     def adapt(self, support_x, support_y, num_inner_steps: int | None = None):
         """The fast weights of one task: dict name -> tensor (adapted only).
 
+        The support steps of `eval_step` (`inner_loop.adapt`: first order,
+        BN as at evaluation), `num_inner_steps` of them (None: the config's
+        `num_eval_inner_steps`).
+
         Args:
           support_x: float [ways*shots, H, W, C]; support_y: int32 [ways*shots].
         """
         steps = self._eval_steps(num_inner_steps)
         params, rates = self._read()
-        fast = dict(params)
-        rate = self._rate_fn(rates)
-        task = {"support_x": tf.cast(support_x, self.config.dtype),
-                "support_y": tf.convert_to_tensor(support_y, tf.int32)}
-        for step in range(steps):
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch([fast[n] for n in self.adapted_names])
-                logits, _ = self._forward(task["support_x"], step, fast, False)
-                loss = inner_loop.cross_entropy(logits, task["support_y"])
-            grads = tape.gradient(loss, [fast[n] for n in self.adapted_names])
-            fast = inner_loop.inner_update(
-                fast, dict(zip(self.adapted_names, grads, strict=True)), rate,
-                step,
-            )
-        return {n: fast[n] for n in self.adapted_names}
+        return inner_loop.adapt(
+            self._forward, self._rate_fn(rates), params,
+            tf.cast(support_x, self.config.dtype),
+            tf.convert_to_tensor(support_y, tf.int32),
+            num_steps=steps, adapted_names=self.adapted_names,
+        )
 
     def predict(self, query_x, fast_weights=None,
                 num_inner_steps: int | None = None):

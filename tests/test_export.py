@@ -14,14 +14,20 @@ from mamlpp_tf import export
 from mamlpp_tf import learner as learner_lib
 
 
-def library_logits(learner, task: dict) -> dict:
+# Training takes 2 inner steps (tiny_config), the evaluation protocol 3:
+# the export must run the evaluation's number.
+NUM_EVAL_INNER_STEPS = 3
+
+
+def library_logits(learner, task: dict, num_inner_steps=None) -> dict:
     """The library's logits for one task.
 
-    adapt_and_predict: `eval_step`, the in-graph evaluation inner loop;
+    adapt_and_predict: `eval_step`, the in-graph evaluation inner loop,
+    with the config's num_eval_inner_steps unless `num_inner_steps`;
     predict: the meta-weights.
     """
     batch = {k: v[None] for k, v in task.items()}
-    _, logits = learner.eval_step(batch, learner.config.num_inner_steps)
+    _, logits = learner.eval_step(batch, num_inner_steps)
     return {
         "adapt_and_predict": logits[0],
         "predict": np.asarray(learner.predict(task["query_x"])),
@@ -30,12 +36,19 @@ def library_logits(learner, task: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def trained_like(tmp_path_factory):
-    """(config, learner, task): weights and LSLR rates moved off init.
+    """(config, learner, task, class names): weights and LSLR rates moved
+    off init.
 
     Per-step BN weights and per-layer, per-step rates all differ, so the
     export must use each of them to match.
     """
-    config = experiments.tiny_config(tmp_path_factory.mktemp("tfds"))
+    config = experiments.tiny_config(
+        tmp_path_factory.mktemp("tfds"),
+        learner=experiments.tiny_learner(
+            num_eval_inner_steps=NUM_EVAL_INNER_STEPS
+        ),
+    )
+    assert config.learner.num_inner_steps == 2
     keras.utils.set_random_seed(0)
     learner = learner_lib.MetaLearner(config.learner)
     rng = np.random.default_rng(0)
@@ -58,22 +71,24 @@ def trained_like(tmp_path_factory):
         k: batch[k][0].numpy()
         for k in ("support_x", "support_y", "query_x", "query_y")
     }
-    return config, learner, task
+    names = [n for split in splits.values() for n in split.class_names]
+    return config, learner, task, names
 
 
-def test_saved_model_predicts_like_the_library_without_it(
+def test_saved_model_predicts_like_eval_step_without_the_library(
     trained_like, tmp_path
 ):
-    config, learner, task = trained_like
+    config, learner, task, _ = trained_like
     metadata = {"config": config.to_dict()}
-    export_dir = export.save(learner, tmp_path / "model", metadata)
-    assert not (tmp_path / "model.tmp").exists()
-    assert json.loads((export_dir / export.METADATA_PATH).read_text()) == (
-        json.loads(json.dumps(metadata))
+    export_dir = export.save(
+        learner, tmp_path / "model", metadata, normalization="none"
     )
+    assert not (tmp_path / "model.tmp").exists()
 
     served = run_saved_model.run_in_subprocess(export_dir, task, tmp_path)
 
+    # adapt_and_predict is the evaluation protocol: eval_step's logits,
+    # with num_eval_inner_steps = 3 inner steps.
     expected = library_logits(learner, task)
     np.testing.assert_allclose(
         served["adapt_and_predict"], expected["adapt_and_predict"], atol=1e-5
@@ -81,8 +96,44 @@ def test_saved_model_predicts_like_the_library_without_it(
     np.testing.assert_allclose(
         served["predict"], expected["predict"], atol=1e-5
     )
+    # Not the training's 2 steps: that would be another model.
+    two_steps = library_logits(learner, task, num_inner_steps=2)
+    assert (
+        np.abs(
+            served["adapt_and_predict"] - two_steps["adapt_and_predict"]
+        ).max()
+        > 1e-2
+    )
     # Adaptation changes the predictions: the inner loop ran.
     assert np.abs(served["adapt_and_predict"] - served["predict"]).max() > 0.1
+
+
+def test_the_model_carries_what_a_request_must_match(trained_like, tmp_path):
+    config, learner, task, class_names = trained_like
+    export_dir = export.save(
+        learner, tmp_path / "model", {"note": "mine"}, normalization="none"
+    )
+    served = run_saved_model.run_in_subprocess(export_dir, task, tmp_path)
+    # tiny_config: 16x16 grey images, 2-way 1-shot, 1 query, 3 eval steps.
+    assert served["metadata_tensors"] == {
+        "image_shape": [16, 16, 1],
+        "num_ways": 2,
+        "num_inner_steps": 3,
+    }
+    serving = served["metadata"]
+    assert serving["format_version"] == export.SERVING_FORMAT_VERSION
+    assert (serving["num_shots"], serving["num_queries"]) == (1, 1)
+    assert serving["bn_mode"] == "transductive"
+    assert serving["preprocessing"]["color_mode"] == "L"
+    assert serving["preprocessing"]["resize_filter"] == "box"
+    assert serving["preprocessing"]["normalization"] == "none"
+    assert serving["preprocessing"]["pixel_scale"] == [1 / 255]
+    # The same in assets.extra, next to the caller's metadata.
+    written = json.loads((export_dir / export.METADATA_PATH).read_text())
+    assert written == {"note": "mine", "serving": serving}
+    # It names no training class.
+    text = json.dumps(serving)
+    assert class_names and not [n for n in class_names if n in text]
 
 
 def test_export_refuses_a_non_empty_export_dir(trained_like, tmp_path):
@@ -92,7 +143,7 @@ def test_export_refuses_a_non_empty_export_dir(trained_like, tmp_path):
     with pytest.raises(
         FileExistsError, match="exists and is not an empty folder"
     ):
-        export.save(learner, tmp_path / "model", {})
+        export.save(learner, tmp_path / "model", {}, normalization="none")
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["keep.txt"]
 
 

@@ -5,8 +5,9 @@ As a script (what `run_in_subprocess` starts):
     python run_saved_model.py EXPORT_DIR TASK.npz OUT.npz
 
 TASK.npz holds support_x, support_y, query_x. Writes OUT.npz with the
-logits of both signatures, and prints one JSON line: the mamlpp modules
-this process imported (there must be none) and the signature names.
+logits of both prediction signatures, and prints one JSON line: the mamlpp
+modules this process imported (there must be none), the signature names
+and the model's metadata (its `metadata` signature, decoded).
 """
 
 import json
@@ -35,6 +36,7 @@ def main(export_dir, task_path, out_path):
         "logits"
     ]
     np.savez(out_path, adapt_and_predict=adapt.numpy(), predict=predict.numpy())
+    metadata = model.signatures["metadata"]()
     print(
         json.dumps(
             {
@@ -42,16 +44,26 @@ def main(export_dir, task_path, out_path):
                     m for m in sys.modules if m.split(".")[0] in MAMLPP_PACKAGES
                 ),
                 "signatures": sorted(model.signatures),
+                "metadata": json.loads(metadata["json"].numpy().decode()),
+                "metadata_tensors": {
+                    k: metadata[k].numpy().tolist()
+                    for k in ("image_shape", "num_ways", "num_inner_steps")
+                },
             }
         )
     )
 
 
 def run_in_subprocess(export_dir, task: dict, tmp_path) -> dict:
-    """Both signatures' logits on `task`, in a TensorFlow-only process.
+    """Both prediction signatures' logits on `task`, and the metadata, in a
+    TensorFlow-only process.
 
     Asserts that the process imported no mamlpp module and that the model
-    has exactly the two signatures.
+    has exactly the three signatures.
+
+    Returns:
+      "adapt_and_predict" and "predict": logits; "metadata": the decoded
+      JSON; "metadata_tensors": its typed fields as lists/ints.
     """
     task_path, out_path = tmp_path / "task.npz", tmp_path / "out.npz"
     np.savez(task_path, **{k: task[k] for k in TASK_KEYS})
@@ -71,8 +83,12 @@ def run_in_subprocess(export_dir, task: dict, tmp_path) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["mamlpp_modules"] == []
-    assert report["signatures"] == ["adapt_and_predict", "predict"]
-    return dict(np.load(out_path))
+    assert report["signatures"] == ["adapt_and_predict", "metadata", "predict"]
+    return {
+        **dict(np.load(out_path)),
+        "metadata": report["metadata"],
+        "metadata_tensors": report["metadata_tensors"],
+    }
 
 
 if __name__ == "__main__":
