@@ -23,6 +23,7 @@ from mamlpp_tf import data as data_lib
 from mamlpp_tf import distribute
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import runtime_history
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,8 @@ def evaluate_workdir(
 
     The weights load under any strategy, whichever one trained them. Under
     a multi-worker strategy every worker evaluates and only the chief
-    writes the summary.
+    writes: a line in the run's runtime history (the options, host and
+    epochs of this evaluation), then the summary.
 
     Args:
       workdir: a directory written by `train_and_evaluate`.
@@ -291,6 +293,21 @@ def evaluate_workdir(
             "for at least one epoch first."
         )
     class_images = data_lib.load_splits(config.data)[split]
+    num_inner_steps = (
+        num_eval_inner_steps or config.learner.num_eval_inner_steps
+    )
+    if distribute.is_chief(strategy):
+        runtime_history.append(
+            workdir,
+            runtime_history.start_entry(
+                "evaluate",
+                runtime,
+                strategy,
+                split=split,
+                num_eval_inner_steps=num_inner_steps,
+                epochs=[entry.epoch for entry in top_k.entries],
+            ),
+        )
     summary = evaluate_top_k(
         learner,
         top_k,
@@ -302,8 +319,7 @@ def evaluate_workdir(
             num_tasks=config.num_eval_tasks,
         ),
         split=split,
-        num_inner_steps=num_eval_inner_steps
-        or config.learner.num_eval_inner_steps,
+        num_inner_steps=num_inner_steps,
         top_k_ensemble=config.top_k_ensemble,
     )
     if not distribute.is_chief(strategy):

@@ -3,7 +3,8 @@
 The run directory:
 
     config.json         the resolved ExperimentConfig, written before step 1
-    runtime.json        where the latest start ran (strategy, replicas...)
+    runtime_history.jsonl  one line per start: runtime options, host,
+                        versions, the meta-step it started from
     checkpoints/        ckpt-<global step>: the full training state
     top_k/              index.json and epoch_XXX/: the best epochs' weights
     metrics.csv         one row per epoch
@@ -44,11 +45,10 @@ from mamlpp_tf import evaluation
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import reporting
+from mamlpp_tf import runtime_history
 from mamlpp_tf import stop_signals
 
 log = logging.getLogger(__name__)
-
-RUNTIME_FILENAME = "runtime.json"
 
 
 @dataclasses.dataclass
@@ -228,24 +228,25 @@ def _load_data(config: experiment.ExperimentConfig) -> dict:
     )
 
 
-def _write_runtime(
+def _record_start(
+    config: experiment.ExperimentConfig,
     runtime: distribute.RuntimeConfig,
     strategy: tf.distribute.Strategy,
     workdir: pathlib.Path,
+    progress: checkpointing.Progress,
 ) -> None:
-    """Records where this start of the run executes (rewritten at each)."""
-    values = {
-        **dataclasses.asdict(runtime),
-        "strategy_class": type(strategy).__name__,
-        "num_replicas_in_sync": strategy.num_replicas_in_sync,
-    }
-    path = workdir / RUNTIME_FILENAME
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(
-        json.dumps(values, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    """Appends this start (runtime, host, where it resumes) to the history."""
+    per_epoch = config.iterations_per_epoch
+    entry = runtime_history.start_entry(
+        "train",
+        runtime,
+        strategy,
+        start_epoch=progress.epoch,
+        start_iteration=progress.iteration,
+        start_step=progress.epoch * per_epoch + progress.iteration,
     )
-    os.replace(temporary, path)
-    log.info("Runtime (in %s): %s", path, values)
+    path = runtime_history.append(workdir, entry)
+    log.info("Runtime (appended to %s): %s", path, entry)
 
 
 def train_and_evaluate(
@@ -311,7 +312,6 @@ def train_and_evaluate(
                 {s: images.class_names for s, images in splits.items()},
                 workdir,
             )
-        _write_runtime(runtime, strategy, workdir)
     checkpoint = checkpointing.TrainCheckpoint(
         learner, worker_dir, keep=config.keep_checkpoints
     )
@@ -331,6 +331,8 @@ def train_and_evaluate(
             summary_path,
         )
         return json.loads(summary_path.read_text(encoding="utf-8"))
+    if chief:
+        _record_start(config, runtime, strategy, workdir, progress)
     top_k = checkpointing.TopKStore(
         learner, worker_dir, k=config.top_k_ensemble
     )

@@ -13,6 +13,7 @@ from mamlpp_tf import checkpointing
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import reporting
+from mamlpp_tf import runtime_history
 
 SMOKE = apps.FLAGS_DIR / "smoke.cfg"
 TEST_SUMMARY_KEYS = {
@@ -223,7 +224,7 @@ def test_train_runs_in_bfloat16_under_xla(tmp_path):
         "--parallel_tasks=2",
     )
     assert result.returncode == 0, apps.describe(result)
-    runtime = json.loads((workdir / "runtime.json").read_text())
+    [runtime] = runtime_history.read_history(workdir)
     assert runtime["mixed_precision"] == "bfloat16"
     assert runtime["jit_compile"] is True
     assert runtime["parallel_tasks"] == 2

@@ -25,6 +25,7 @@ from mamlpp_tf import evaluation
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import reporting
+from mamlpp_tf import runtime_history
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -241,7 +242,7 @@ def mirrored_run(tmp_path_factory, tfds_dir):
 def test_a_mirrored_run_restores_evaluates_and_resumes_on_one_device(
     mirrored_run, tmp_path
 ):
-    runtime = json.loads((mirrored_run / "runtime.json").read_text())
+    [runtime] = runtime_history.read_history(mirrored_run)
     assert runtime["strategy"] == "mirrored"
     assert runtime["num_replicas_in_sync"] == 2
 
@@ -285,8 +286,18 @@ def test_a_mirrored_run_restores_evaluates_and_resumes_on_one_device(
         "0",
         "1",
     ]
-    runtime = json.loads((workdir / "runtime.json").read_text())
-    assert runtime["strategy"] == "default"
+    # The history keeps the mirrored training start and the evaluation
+    # above, and appends this start, which resumed at meta-step 2 (epoch
+    # 1) on one device.
+    history = runtime_history.read_history(workdir)
+    assert [(e["command"], e["strategy"]) for e in history] == [
+        ("train", "mirrored"),
+        ("evaluate", "default"),
+        ("train", "default"),
+    ]
+    assert [e["num_replicas_in_sync"] for e in history] == [2, 1, 1]
+    assert (history[1]["split"], history[1]["epochs"]) == ("val", [0])
+    assert history[2]["start_step"] == 2
 
 
 def _free_ports(count):
@@ -364,7 +375,7 @@ def test_two_workers_train_in_step_and_only_the_chief_writes_the_run(
         "top_k",
     ]
     assert len(reporting.MetricsCsv(workdir).rows()) == 1
-    runtime = json.loads((workdir / "runtime.json").read_text())
+    [runtime] = runtime_history.read_history(workdir)
     assert runtime["num_replicas_in_sync"] == 2
     assert json.loads((worker_dir / "test_summary.json").read_text()) == (
         json.loads((workdir / "test_summary.json").read_text())

@@ -12,6 +12,7 @@ import tensorflow as tf
 from helpers import experiments
 from mamlpp_tf import checkpointing
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import runtime_history
 from mamlpp_tf import stop_signals
 from mamlpp_tf import training
 
@@ -158,6 +159,12 @@ def test_killed_and_stopped_run_ends_like_the_uninterrupted_run(
     summary = training.train_and_evaluate(config, tmp_path)
 
     _assert_same_run(config, finished, tmp_path, summary)
+    # One history line per start, each with the meta-step it started from.
+    history = runtime_history.read_history(tmp_path)
+    assert [
+        (e["command"], e["start_epoch"], e["start_iteration"], e["start_step"])
+        for e in history
+    ] == [("train", 0, 0, 0), ("train", 0, 2, 2), ("train", 1, 1, 4)]
 
 
 def _assert_same_run(config, finished, workdir, summary):

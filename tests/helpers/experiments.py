@@ -15,7 +15,7 @@ RUN_DIRECTORY_ENTRIES = [
     "checkpoints",
     "config.json",
     "metrics.csv",
-    "runtime.json",
+    "runtime_history.jsonl",
     "tensorboard",
     "test_summary.json",
     "top_k",
