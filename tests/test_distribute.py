@@ -117,6 +117,23 @@ def test_mirrored_two_logical_cpus_matches_one_device():
     assert result["eval_accuracy_diff"] == 0.0
     assert result["eval_task_count"] == 4
     assert result["pipeline_matches"]
+    # The meta-loss and meta-gradients are means over the global
+    # meta-batch, on one replica and on two, against values worked out by
+    # hand: with every query logit 0 (tests/helpers), each of the 4 tasks
+    # has loss ln 3 = 1.0986123 and dense-bias gradient 1/3 - one_hot of
+    # its query class, classes 0, 1, 2, 0. Mean over the tasks: class 0
+    # (-2/3 - 2/3 + 1/3 + 1/3) / 4 = -1/6; classes 1 and 2 (-2/3 + 3 * 1/3)
+    # / 4 = 1/12. (A sum over the tasks would be 4x these; a per-replica
+    # mean summed over the replicas, 2x.)
+    for key in ("closed_form_single", "closed_form_mirrored"):
+        loss, bias_gradient = result[key]
+        np.testing.assert_allclose(loss, 1.0986123, rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(
+            bias_gradient,
+            [-0.16666667, 0.08333333, 0.08333333],
+            rtol=1e-5,
+            err_msg=key,
+        )
 
 
 def test_jit_compile_matches_the_plain_step():

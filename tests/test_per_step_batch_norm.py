@@ -161,20 +161,63 @@ def test_fast_weights_replace_the_variables():
     )
 
 
-@pytest.mark.parametrize("step", [0, 1, 2])
-def test_update_statistics_moves_only_the_slot_of_the_step(step):
+def test_normalize_matches_values_worked_by_hand():
+    # Per channel, 2 samples: [1, 3] (mean 2, biased variance 1), [0, 4]
+    # (mean 2, variance 4) and [5, 5] (variance 0). gamma 2, beta 0.5:
+    # 0.5 +- 2 / sqrt(1 + 1e-5) = 0.5 +- 1.99999, 0.5 +- 2 * 2 /
+    # sqrt(4 + 1e-5) = 0.5 +- 1.9999975, and 0.5 where x equals the mean.
+    layer = PerStepBatchNorm(dtype="float64")
+    layer.build((None, 1, 1, CHANNELS))
+    layer.gamma.assign([[2.0, 2.0, 2.0]])
+    layer.beta.assign([[0.5, 0.5, 0.5]])
+    x = tf.constant([[1.0, 0.0, 5.0], [3.0, 4.0, 5.0]], tf.float64)
+    y, (mean, variance) = layer.normalize(
+        tf.reshape(x, [2, 1, 1, CHANNELS]), step=0, training=True
+    )
+    np.testing.assert_allclose(mean, [2.0, 2.0, 5.0], rtol=1e-15)
+    np.testing.assert_allclose(variance, [1.0, 4.0, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(
+        tf.reshape(y, [2, CHANNELS]),
+        [[-1.49999, -1.4999975, 0.5], [2.49999, 2.4999975, 0.5]],
+        rtol=1e-10,
+    )
+
+
+# Running statistics before the update, one row per slot, and the batch
+# moments (biased variance) of 5 elements per channel.
+BEFORE_MEAN = [[0.0, 1.0, -2.0], [0.5, 0.5, 0.5], [-1.0, 0.0, 1.0]]
+BEFORE_VARIANCE = [[1.0, 2.0, 4.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+BATCH_MEAN = [1.0, 2.0, 3.0]
+BATCH_VARIANCE = [0.5, 1.0, 2.0]  # Unbiased (x 5/4): 0.625, 1.25, 2.5.
+# PyTorch's rule, momentum 0.1: running = 0.9 running + 0.1 batch, with the
+# unbiased batch variance. Worked by hand for each slot:
+AFTER_MEAN = [[0.1, 1.1, -1.5], [0.55, 0.65, 0.75], [-0.8, 0.2, 1.2]]
+AFTER_VARIANCE = [
+    [0.9625, 1.925, 3.85],  # 0.9 * [1, 2, 4] + [0.0625, 0.125, 0.25]
+    [0.9625, 1.025, 1.15],  # 0.9 * 1 + ...
+    [1.8625, 1.925, 2.05],  # 0.9 * 2 + ...
+]
+
+
+@pytest.mark.parametrize("step,slot", [(0, 0), (1, 1), (2, 2), (4, 2)])
+def test_update_statistics_moves_only_the_slot_of_the_step(step, slot):
     layer = _built()
-    before_mean = layer.moving_mean.numpy()
-    before_var = layer.moving_variance.numpy()
-    mean = np.array([1.0, 2.0, 3.0], np.float32)
-    variance = np.array([0.5, 1.0, 2.0], np.float32)
-    layer.update_statistics(step, mean, variance, count=5)
-    expected_mean, expected_var = before_mean.copy(), before_var.copy()
-    expected_mean[step] = 0.9 * before_mean[step] + 0.1 * mean
-    # PyTorch's unbiased running variance: n / (n - 1) = 5 / 4.
-    expected_var[step] = 0.9 * before_var[step] + 0.1 * variance * 1.25
+    layer.moving_mean.assign(BEFORE_MEAN)
+    layer.moving_variance.assign(BEFORE_VARIANCE)
+    layer.update_statistics(
+        step,
+        np.float32(BATCH_MEAN),
+        np.float32(BATCH_VARIANCE),
+        count=5,
+    )
+    expected_mean = np.array(BEFORE_MEAN)
+    expected_variance = np.array(BEFORE_VARIANCE)
+    expected_mean[slot] = AFTER_MEAN[slot]
+    expected_variance[slot] = AFTER_VARIANCE[slot]
     np.testing.assert_allclose(layer.moving_mean, expected_mean, rtol=1e-6)
-    np.testing.assert_allclose(layer.moving_variance, expected_var, rtol=1e-6)
+    np.testing.assert_allclose(
+        layer.moving_variance, expected_variance, rtol=1e-6
+    )
 
 
 def test_running_mode_normalises_with_running_statistics_in_evaluation():

@@ -1,7 +1,5 @@
 """Pure schedules: MSL weights, cosine meta lr, derivative order (DA)."""
 
-import math
-
 import numpy as np
 import pytest
 
@@ -62,14 +60,24 @@ def test_cosine_lr_matches_golden_values(epoch, expected):
     np.testing.assert_allclose(lr, expected, rtol=1e-4)
 
 
-def test_cosine_lr_is_pytorchs_closed_form():
-    for epoch in range(0, 30, 3):
-        expected = (
-            2e-5 + (1e-2 - 2e-5) * (1 + math.cos(math.pi * epoch / 30)) / 2
-        )
-        np.testing.assert_allclose(
-            mamlpp_tf.cosine_lr(epoch, 30, 1e-2, 2e-5), expected, rtol=1e-12
-        )
+@pytest.mark.parametrize(
+    "epoch,expected",
+    [
+        # min + (max - min) (1 + cos(pi e / T)) / 2 with max 1e-2, min 2e-5,
+        # T = 30, so max - min = 0.00998, at angles whose cosine is exact:
+        (0, 1e-2),  # cos 0 = 1: the maximum.
+        # cos(pi/6) = sqrt(3)/2: 2e-5 + 0.00998 * 0.9330127.
+        (5, 0.0093314668),
+        (10, 0.007505),  # cos(pi/3) = 1/2: 2e-5 + 0.00998 * 3/4.
+        (15, 0.00501),  # cos(pi/2) = 0: halfway, 2e-5 + 0.00998 / 2.
+        (20, 0.002515),  # cos(2pi/3) = -1/2: 2e-5 + 0.00998 / 4.
+        (30, 2e-5),  # cos(pi) = -1: the minimum.
+    ],
+)
+def test_cosine_lr_matches_values_worked_by_hand(epoch, expected):
+    np.testing.assert_allclose(
+        mamlpp_tf.cosine_lr(epoch, 30, 1e-2, 2e-5), expected, rtol=1e-7
+    )
 
 
 @pytest.mark.parametrize("args", [(0, 0, 1e-3, 1e-5), (-1, 10, 1e-3, 1e-5)])

@@ -38,6 +38,40 @@ def _batch(config):
     }
 
 
+# Query classes of the 4 tasks in the closed-form check (one per task).
+CLOSED_FORM_CLASSES = (0, 1, 2, 0)
+
+
+def _closed_form(config, strategy, distribute_batch):
+    """(meta-loss, meta-gradient of the dense bias) of one step whose
+    values are known: the dense layer and the inner rates are zero, so
+    every query logit is 0 at every inner step.
+
+    Each task's loss is then ln(num_ways) and its dense-bias gradient
+    softmax - one_hot = 1/N - [n == class]; see test_distribute.py for
+    their means over the tasks. The gradient is read from Adam's first
+    moment, (1 - beta_1) * gradient after one step.
+    """
+    tf.keras.utils.set_random_seed(0)
+    learner = learner_lib.MetaLearner(config, strategy=strategy)
+    names = learner.trainable_variable_names
+    for name, variable in zip(names, learner.trainable_variables):
+        if name.startswith(("network/dense/", "inner_lr/")):
+            variable.assign(tf.zeros_like(variable))
+    batch = _batch(config)
+    queries = config.num_ways * config.num_queries
+    batch["query_y"] = np.repeat(
+        np.array(CLOSED_FORM_CLASSES, np.int32)[:, None], queries, axis=1
+    )
+    metrics = learner.train_step(distribute_batch(batch), 0)
+    first_moment = learner.optimizer._momentums[
+        names.index("network/dense/bias")
+    ].numpy()
+    return float(metrics["loss"]), (
+        first_moment / (1.0 - config.adam_beta1)
+    ).tolist()
+
+
 def _state(learner):
     weights = [np.asarray(v.numpy()) for v in learner.trainable_variables]
     stats = [np.asarray(n.moving_mean.numpy()) for n in learner.norm_layers]
@@ -58,12 +92,15 @@ def main():
     for a, b in zip(single.trainable_variables, multi.trainable_variables):
         b.assign(a.numpy())
 
-    def slices(ctx):
-        r, per = ctx.replica_id_in_sync_group, config.meta_batch_size // 2
-        return {k: tf.constant(v[r * per:(r + 1) * per])
-                for k, v in batch.items()}
+    def distribute_batch(batch):
+        def slices(ctx):
+            r, per = ctx.replica_id_in_sync_group, config.meta_batch_size // 2
+            return {k: tf.constant(v[r * per:(r + 1) * per])
+                    for k, v in batch.items()}
 
-    dist_batch = mirrored.experimental_distribute_values_from_function(slices)
+        return mirrored.experimental_distribute_values_from_function(slices)
+
+    dist_batch = distribute_batch(batch)
     out = {"replicas": mirrored.num_replicas_in_sync}
     for epoch in (0, 1):
         m1 = single.train_step({k: tf.constant(v) for k, v in batch.items()},
@@ -85,6 +122,13 @@ def main():
     out["eval_accuracy_diff"] = abs(e1["accuracy"] - e2["accuracy"])
     out["eval_task_count"] = int(len(e2["task_accuracy"]))
     out["pipeline_matches"] = _pipeline_matches(mirrored)
+    out["closed_form_single"] = _closed_form(
+        config, None,
+        lambda b: {k: tf.constant(v) for k, v in b.items()},
+    )
+    out["closed_form_mirrored"] = _closed_form(
+        config, mirrored, distribute_batch
+    )
     print(json.dumps(out))
     return 0
 
