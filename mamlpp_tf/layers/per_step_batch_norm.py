@@ -3,6 +3,24 @@
 MAML++ BNWB (per-step gamma/beta) and BNRS (per-step running statistics),
 Antoniou et al. (2019), Sec. 4. A layer built with one slot of each is the
 plain batch norm of MAML.
+
+How the running statistics move (`MetaLearner.train_step` calls
+`update_statistics`): once per applied meta-step (a skipped, non-finite
+step leaves them), after the Adam update, slot k of each stage moves with
+momentum 0.1 towards the batch moments of the support pass of inner step k,
+averaged over every task of the global meta-batch (all replicas): the mean
+of the tasks' means, and the mean of their biased variances times
+n / (n - 1), n the elements per channel of one task's support pass. Query
+passes and evaluation never move them; with one slot (no BNRS) the slot
+moves once per inner step. They normalise only with
+`use_running_statistics` ("per_step_running") and `training=False`.
+
+The authors' code differs: PyTorch's `F.batch_norm(training=True,
+momentum=0.1)` moves slot k on every forward pass of step k, support and
+query, task after task (2T moves of one task's moments each per meta-step
+of T tasks at a step with a query pass); their evaluation moves them and
+undoes it after each task; and nothing normalises with them (it is always
+`training=True`, the "transductive" mode here).
 """
 
 from __future__ import annotations
@@ -63,8 +81,10 @@ class PerStepBatchNorm(keras.layers.Layer):
         num_inner_steps, else 1).
       use_running_statistics: False normalises with the current batch's
         statistics in training and evaluation ("transductive", what the
-        authors' code does); True normalises with the running statistics
-        when `training` is False ("per_step_running").
+        authors' code does; the running statistics are still updated and
+        saved, but unused); True normalises with the running statistics
+        when `training` is False ("per_step_running"), support and query
+        passes alike.
       momentum: running = (1 - momentum) * running + momentum * batch
         (PyTorch's convention; the authors use 0.1).
       epsilon: added to the variance.
