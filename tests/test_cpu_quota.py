@@ -82,3 +82,11 @@ def test_available_cpus_is_the_affinity_capped_by_the_quota(
 
 def test_this_process_counts_at_most_the_host_cpus():
     assert 1 <= cpu_quota.available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_dataset_preparation_uses_the_same_cpu_count(monkeypatch):
+    # Decode workers follow the quota-capped count, not the affinity alone.
+    from mamlpp_tf.data import parallel_decode
+
+    monkeypatch.setattr(cpu_quota, "available_cpus", lambda: 3)
+    assert parallel_decode.num_decode_workers() == 3

@@ -8,21 +8,21 @@ they halve the time to decode and resize the 32,460 Omniglot PNGs.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from absl import logging
+
+from mamlpp_tf import cpu_quota
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
 
 def num_decode_workers() -> int:
-    """The CPUs this process may use (its affinity mask where known)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The CPUs this process may use: its affinity mask, capped by a cgroup
+    CPU quota (the same count as the training threads)."""
+    return cpu_quota.available_cpus()
 
 
 def imap_ordered(
