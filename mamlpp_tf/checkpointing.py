@@ -3,7 +3,8 @@
 `TrainCheckpoint` holds everything a resumed run needs to continue exactly
 where it stopped: the network (per-step BN statistics included), the LSLR
 rates, the Adam state and the progress counters (epoch, iteration, the next
-task of the training stream, the running sums of the current epoch).
+task of the training stream, the running sums of the current epoch, the
+skipped meta-steps).
 
 `TopKStore` keeps the weights (network and rates, no optimizer) of the k
 epochs with the best validation accuracy, for the test ensemble.
@@ -48,8 +49,13 @@ class Progress:
         done.
       iteration: meta-steps already done in `epoch`.
       next_task: index of the next task of the training stream.
-      num_skipped_steps: meta-steps skipped for a non-finite loss so far.
-      loss_sum, accuracy_sum: sums over the meta-steps done in `epoch`.
+      num_skipped_steps: meta-steps skipped (non-finite loss or gradient)
+        since the run started.
+      num_consecutive_skipped_steps: the skipped meta-steps in a row that
+        end here; training stops at `max_nonfinite_steps`, across restarts.
+      num_skipped_steps_in_epoch: the skipped meta-steps of `epoch`.
+      loss_sum, accuracy_sum: sums over the meta-steps of `epoch` that were
+        applied (a skipped step's loss is left out).
       seconds: wall time spent in `epoch` so far.
     """
 
@@ -57,12 +63,21 @@ class Progress:
     iteration: int = 0
     next_task: int = 0
     num_skipped_steps: int = 0
+    num_consecutive_skipped_steps: int = 0
+    num_skipped_steps_in_epoch: int = 0
     loss_sum: float = 0.0
     accuracy_sum: float = 0.0
     seconds: float = 0.0
 
 
-_INT_FIELDS = ("epoch", "iteration", "next_task", "num_skipped_steps")
+_INT_FIELDS = (
+    "epoch",
+    "iteration",
+    "next_task",
+    "num_skipped_steps",
+    "num_consecutive_skipped_steps",
+    "num_skipped_steps_in_epoch",
+)
 _FLOAT_FIELDS = ("loss_sum", "accuracy_sum", "seconds")
 
 
@@ -156,6 +171,9 @@ class TrainCheckpoint:
                 **{n: float(self._counters[n].numpy()) for n in _FLOAT_FIELDS},
             )
             self._learner.num_skipped_steps = progress.num_skipped_steps
+            self._learner.num_consecutive_skipped_steps = (
+                progress.num_consecutive_skipped_steps
+            )
             log.info(
                 "Restored %s: epoch %d, iteration %d.",
                 path,

@@ -3,6 +3,11 @@
 `metrics.csv` has one row per finished epoch; a resumed run first drops
 the rows of the epochs it is about to rerun, so the file never holds an
 epoch twice. TensorBoard events go to `workdir/tensorboard/`.
+
+A meta-step skipped for a non-finite loss or gradient changes nothing, so
+the training loss and accuracy (per epoch, per progress line) average the
+applied steps only; the skipped ones are counted instead
+(`num_skipped_steps`, TensorBoard `train/num_skipped_steps`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ METRICS_COLUMNS = (
     "epoch",
     "train_loss",
     "train_accuracy",
+    "num_skipped_steps",
     "val_loss",
     "val_accuracy",
     "val_accuracy_ci95",
@@ -97,7 +103,13 @@ class MetricsCsv:
 
 
 class MeanWindow:
-    """Running means of the training metrics between two reports."""
+    """Running means of the training metrics between two reports.
+
+    Attributes:
+      count: meta-steps added since the window opened.
+      num_skipped: those that were skipped (`applied` False); the means
+        leave them out.
+    """
 
     def __init__(self):
         self._reset()
@@ -105,19 +117,27 @@ class MeanWindow:
     def _reset(self) -> None:
         self._sums = {}
         self.count = 0
+        self.num_skipped = 0
         self._start = time.perf_counter()
 
     def add(self, metrics: dict) -> None:
         """Adds one `MetaLearner.train_step` result."""
+        self.count += 1
+        if not metrics["applied"]:
+            self.num_skipped += 1
+            return
         for name in ("loss", "accuracy", "per_step_accuracy", "per_step_loss"):
             self._sums[name] = self._sums.get(name, 0.0) + np.asarray(
                 metrics[name], np.float64
             )
-        self.count += 1
 
-    def pop(self) -> tuple[dict, float]:
-        """(means, seconds since the window opened); opens a new window."""
-        means = {k: v / self.count for k, v in self._sums.items()}
+    def pop(self) -> tuple[dict | None, float]:
+        """(means over the applied steps, or None if every step was
+        skipped; seconds since the window opened); opens a new window."""
+        applied = self.count - self.num_skipped
+        means = None
+        if applied:
+            means = {k: v / applied for k, v in self._sums.items()}
         seconds = time.perf_counter() - self._start
         self._reset()
         return means, seconds
@@ -169,26 +189,33 @@ class Reporter:
             iteration < self._config.iterations_per_epoch
         ):
             return
-        count = self._window.count
+        count, num_skipped = self._window.count, self._window.num_skipped
         means, seconds = self._window.pop()
         rate = count / seconds
         eta = (self._total_steps - global_step) / rate
+        scores = "every step skipped"
+        if means is not None:
+            loss, accuracy = means["loss"], means["accuracy"]
+            scores = f"loss {loss:.4f} accuracy {accuracy:.4f}"
+            if num_skipped:
+                scores += f" ({num_skipped} of {count} steps skipped)"
         log.info(
-            "epoch %d/%d iteration %d/%d | loss %.4f accuracy %.4f | "
-            "%.2f it/s | ETA %s (training steps only)",
+            "epoch %d/%d iteration %d/%d | %s | %.2f it/s | ETA %s (training "
+            "steps only)",
             epoch,
             self._config.learner.total_epochs,
             iteration,
             self._config.iterations_per_epoch,
-            means["loss"],
-            means["accuracy"],
+            scores,
             rate,
             format_duration(eta),
         )
         with self._writer.as_default(step=global_step):
+            write_scalar("train/iterations_per_second", rate)
+            if means is None:
+                return
             write_scalar("train/loss", means["loss"])
             write_scalar("train/accuracy", means["accuracy"])
-            write_scalar("train/iterations_per_second", rate)
             _write_per_step("train/per_step_accuracy",
                             means["per_step_accuracy"])
             _write_per_step("train/per_step_loss", means["per_step_loss"])
@@ -201,8 +228,10 @@ class Reporter:
         global_step: int,
         val_result,
         meta_lr: float,
+        num_skipped_steps: int,
     ) -> None:
-        """Validation metrics, meta lr, MSL weights and LSLR rates."""
+        """Validation metrics, meta lr, MSL weights, LSLR rates and the
+        epoch's `num_skipped_steps` (meta-steps skipped as non-finite)."""
         learner_config = self._config.learner
         msl = schedules.step_loss_weights(
             learner_config, epoch, learner_config.num_inner_steps
@@ -214,6 +243,7 @@ class Reporter:
             _write_per_step("val/per_step_accuracy",
                             val_result.per_step_accuracy)
             write_scalar("meta_lr", meta_lr)
+            write_scalar("train/num_skipped_steps", num_skipped_steps)
             for step, value in enumerate(msl):
                 write_scalar(f"msl_weights/step_{step}", value)
             if learner.inner_rates is not None:

@@ -50,6 +50,8 @@ from mamlpp_tf import stop_signals
 
 log = logging.getLogger(__name__)
 
+NAN = float("nan")
+
 
 @dataclasses.dataclass
 class _Run:
@@ -80,6 +82,45 @@ class _Run:
         return self.batches(split, num_tasks=self.config.num_eval_tasks)
 
 
+def _step_progress(
+    run: _Run, progress: checkpointing.Progress, metrics: dict, seconds: float
+) -> checkpointing.Progress:
+    """`progress` after one more meta-step. A skipped step (non-finite)
+    counts as a step, but its loss and accuracy stay out of the sums."""
+    learner, applied = run.learner, bool(metrics["applied"])
+    return checkpointing.Progress(
+        epoch=progress.epoch,
+        iteration=progress.iteration + 1,
+        next_task=progress.next_task + run.config.learner.meta_batch_size,
+        num_skipped_steps=learner.num_skipped_steps,
+        num_consecutive_skipped_steps=learner.num_consecutive_skipped_steps,
+        num_skipped_steps_in_epoch=progress.num_skipped_steps_in_epoch
+        + (not applied),
+        loss_sum=progress.loss_sum + (float(metrics["loss"]) if applied else 0),
+        accuracy_sum=progress.accuracy_sum
+        + (float(metrics["accuracy"]) if applied else 0),
+        seconds=seconds,
+    )
+
+
+def _warn_skipped(
+    run: _Run, progress: checkpointing.Progress, global_step: int
+) -> None:
+    log.warning(
+        "Skipped the meta-step at epoch %d, iteration %d (meta-step %d): "
+        "its loss or meta-gradient is not finite, so the weights, Adam and "
+        "BN statistics were left as they were. %d skipped in a row "
+        "(training stops at %d), %d in this epoch, %d in all.",
+        progress.epoch,
+        progress.iteration,
+        global_step,
+        progress.num_consecutive_skipped_steps,
+        run.config.learner.max_nonfinite_steps,
+        progress.num_skipped_steps_in_epoch,
+        progress.num_skipped_steps,
+    )
+
+
 def _train_epoch(
     run: _Run, progress: checkpointing.Progress, batches
 ) -> checkpointing.Progress:
@@ -90,16 +131,12 @@ def _train_epoch(
     start = time.perf_counter() - progress.seconds
     for iteration in range(progress.iteration, per_epoch):
         metrics = learner.train_step(next(batches), epoch)
-        progress = checkpointing.Progress(
-            epoch=epoch,
-            iteration=iteration + 1,
-            next_task=progress.next_task + config.learner.meta_batch_size,
-            num_skipped_steps=learner.num_skipped_steps,
-            loss_sum=progress.loss_sum + float(metrics["loss"]),
-            accuracy_sum=progress.accuracy_sum + float(metrics["accuracy"]),
-            seconds=time.perf_counter() - start,
+        progress = _step_progress(
+            run, progress, metrics, time.perf_counter() - start
         )
         global_step = epoch * per_epoch + iteration + 1
+        if not metrics["applied"]:
+            _warn_skipped(run, progress, global_step)
         run.reporter.step(
             metrics,
             epoch=epoch,
@@ -134,12 +171,17 @@ def _end_epoch(
     )
     meta_lr = learner.set_epoch(epoch)
     per_epoch = config.iterations_per_epoch
+    # Means over the applied steps (NaN if the whole epoch was skipped).
+    applied = per_epoch - progress.num_skipped_steps_in_epoch
     if run.metrics is not None:
         run.metrics.append(
             {
                 "epoch": epoch,
-                "train_loss": progress.loss_sum / per_epoch,
-                "train_accuracy": progress.accuracy_sum / per_epoch,
+                "train_loss": progress.loss_sum / applied if applied else NAN,
+                "train_accuracy": (
+                    progress.accuracy_sum / applied if applied else NAN
+                ),
+                "num_skipped_steps": progress.num_skipped_steps_in_epoch,
                 "val_loss": val.loss,
                 "val_accuracy": val.accuracy_mean,
                 "val_accuracy_ci95": val.accuracy_ci95,
@@ -154,11 +196,13 @@ def _end_epoch(
         global_step=global_step,
         val_result=val,
         meta_lr=meta_lr,
+        num_skipped_steps=progress.num_skipped_steps_in_epoch,
     )
     progress = checkpointing.Progress(
         epoch=epoch + 1,
         next_task=progress.next_task,
         num_skipped_steps=progress.num_skipped_steps,
+        num_consecutive_skipped_steps=progress.num_consecutive_skipped_steps,
     )
     run.checkpoint.save(progress, step=global_step)
     return progress
@@ -190,6 +234,8 @@ def _test(run: _Run) -> dict:
     )
     if summary is None:
         raise run.stop.interrupted("during the test", run.workdir)
+    # Meta-steps skipped as non-finite over the whole training.
+    summary["num_skipped_steps"] = run.learner.num_skipped_steps
     path = evaluation.write_summary(summary, run.worker_dir)
     log.info(
         "Test: top-%d ensemble %.4f +- %.4f, single best (epoch %d) "
@@ -203,6 +249,13 @@ def _test(run: _Run) -> dict:
         summary["num_test_tasks"],
         path,
     )
+    if summary["num_skipped_steps"]:
+        log.warning(
+            "%d meta-steps of the training were skipped for a non-finite "
+            "loss or meta-gradient (per epoch: num_skipped_steps in %s).",
+            summary["num_skipped_steps"],
+            run.workdir / reporting.METRICS_FILENAME,
+        )
     return summary
 
 

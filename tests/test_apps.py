@@ -25,6 +25,7 @@ TEST_SUMMARY_KEYS = {
     "single_best_accuracy_mean",
     "single_best_accuracy_ci95",
     "num_eval_inner_steps",
+    "num_skipped_steps",
 }
 
 
@@ -92,7 +93,8 @@ def test_smoke_run_stopped_resumed_evaluated_exported(tmp_path):
     assert "it/s | ETA" in result.stderr
     rows = (workdir / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith(
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy"
+        "epoch,train_loss,train_accuracy,num_skipped_steps,val_loss,"
+        "val_accuracy"
     )
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))

@@ -11,9 +11,9 @@ from mamlpp_tf import checkpointing
 from mamlpp_tf import learner as learner_lib
 
 
-def _learner(seed):
+def _learner(seed, **overrides):
     keras.utils.set_random_seed(seed)
-    return learner_lib.MetaLearner(experiments.tiny_learner())
+    return learner_lib.MetaLearner(experiments.tiny_learner(**overrides))
 
 
 def _state(learner):
@@ -50,7 +50,9 @@ def test_restore_brings_back_every_variable_and_the_progress(tmp_path):
         epoch=3,
         iteration=7,
         next_task=124,
-        num_skipped_steps=2,
+        num_skipped_steps=5,
+        num_consecutive_skipped_steps=2,
+        num_skipped_steps_in_epoch=3,
         loss_sum=1.5,
         accuracy_sum=0.25,
         seconds=9.5,
@@ -65,8 +67,50 @@ def test_restore_brings_back_every_variable_and_the_progress(tmp_path):
     ).restore_latest()
 
     assert restored == progress
-    assert fresh.num_skipped_steps == 2
+    assert fresh.num_skipped_steps == 5
+    assert fresh.num_consecutive_skipped_steps == 2
     _assert_same_state(_state(fresh), _state(saved))
+
+
+def _nan_batch(config):
+    """A meta-batch whose support images are NaN: its step is skipped."""
+    tasks, ways = config.meta_batch_size, config.num_ways
+    shots, queries = config.num_shots, config.num_queries
+
+    def labels(per_class):  # int32 [tasks, ways * per_class]
+        row = np.repeat(np.arange(ways, dtype=np.int32), per_class)
+        return np.tile(row, (tasks, 1))
+
+    def images(per_class, value):  # float32 [tasks, ways * per_class, ...]
+        shape = (tasks, ways * per_class, *config.image_shape)
+        return np.full(shape, value, np.float32)
+
+    return {
+        "support_x": images(shots, np.nan),
+        "support_y": labels(shots),
+        "query_x": images(queries, 0.0),
+        "query_y": labels(queries),
+    }
+
+
+def test_the_skipped_steps_in_a_row_carry_over_a_restart(tmp_path):
+    # A run that keeps crashing and resuming still stops at
+    # max_nonfinite_steps: 2 skipped in a row were checkpointed, so the
+    # next skipped step is the 3rd.
+    saved = _learner(0, max_nonfinite_steps=3)
+    checkpointing.TrainCheckpoint(saved, tmp_path, keep=2).save(
+        checkpointing.Progress(
+            num_skipped_steps=4, num_consecutive_skipped_steps=2
+        ),
+        step=1,
+    )
+    fresh = _learner(0, max_nonfinite_steps=3)
+    checkpointing.TrainCheckpoint(fresh, tmp_path, keep=2).restore_latest()
+    with pytest.raises(
+        learner_lib.NonFiniteLossError, match="^3 consecutive meta-steps"
+    ):
+        fresh.train_step(_nan_batch(fresh.config), epoch=0)
+    assert fresh.num_skipped_steps == 5
 
 
 def test_restore_of_a_new_workdir_is_none(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import mamlpp_tf
-from mamlpp_tf import inner_loop, schedules
+from mamlpp_tf import inner_loop, meta_step, schedules
 
 SHAPE = (5, 5, 2)
 NUM_STEPS = 2
@@ -401,14 +401,41 @@ def test_a_non_finite_batch_is_skipped_and_consecutive_ones_raise():
     _assert_unchanged(state, _state(learner))  # Weights and BN statistics.
     assert int(learner.optimizer.iterations) == 0
     assert not learner.train_step(bad, epoch=0)["applied"]
+    assert learner.num_consecutive_skipped_steps == 2
     assert learner.train_step(good, epoch=0)["applied"]  # Resets the count.
+    assert learner.num_consecutive_skipped_steps == 0
     for _ in range(2):
         assert not learner.train_step(bad, epoch=0)["applied"]
     with pytest.raises(
-        mamlpp_tf.NonFiniteLossError, match="3 consecutive meta-steps"
+        mamlpp_tf.NonFiniteLossError,
+        match="3 consecutive meta-steps, the last in epoch 0, had a "
+        "non-finite loss or gradient",
     ):
         learner.train_step(bad, epoch=0)
     assert learner.num_skipped_steps == 5
+    assert learner.num_consecutive_skipped_steps == 3
+
+
+def test_an_inf_meta_gradient_is_skipped_even_when_clipped(monkeypatch):
+    # Clipping turns +Inf into +clip: the check must come before it.
+    original = meta_step.batch_meta_gradients
+
+    def with_inf_gradient(*args, **kwargs):
+        sums = original(*args, **kwargs)
+        name = next(iter(sums["param_grads"]))
+        sums["param_grads"][name] = sums["param_grads"][name] + np.inf
+        return sums
+
+    monkeypatch.setattr(meta_step, "batch_meta_gradients", with_inf_gradient)
+    config = _config(bn_mode="per_step_running", meta_grad_clip=10.0)
+    learner = mamlpp_tf.MetaLearner(config)
+    state = _state(learner)
+    metrics = learner.train_step(_batch(config), epoch=0)
+    assert np.isfinite(metrics["loss"])  # Only the gradient is not.
+    assert not metrics["applied"]
+    _assert_unchanged(state, _state(learner))
+    assert int(learner.optimizer.iterations) == 0
+    assert learner.num_skipped_steps == 1
 
 
 def test_an_inner_lr_that_overflows_is_skipped():

@@ -2,6 +2,8 @@
 
 import csv
 import dataclasses
+import json
+import logging
 import shutil
 import signal
 
@@ -224,3 +226,107 @@ def test_raising_total_epochs_extends_a_finished_run(
     progress, _ = _final_state(longer, workdir)
     assert progress.epoch == 3
     assert set(summary["ensemble_epochs"]) <= {0, 1, 2}
+
+
+def _skip_steps(monkeypatch, calls_to_skip, *, kill_after=None):
+    """Feeds NaN images to the meta-steps numbered `calls_to_skip` (from 1,
+    in this process), so that they are skipped; raises _Killed right after
+    call `kill_after`. Returns [(epoch, metrics)] of every call."""
+    original = learner_lib.MetaLearner.train_step
+    calls = []
+
+    def train_step(self, batch, epoch):
+        if len(calls) + 1 in calls_to_skip:
+            batch = dict(batch, support_x=batch["support_x"] * np.nan)
+        metrics = original(self, batch, epoch)
+        calls.append((epoch, metrics))
+        if len(calls) == kill_after:
+            raise _Killed
+        return metrics
+
+    monkeypatch.setattr(learner_lib.MetaLearner, "train_step", train_step)
+    return calls
+
+
+def _scalars(workdir, tag):
+    """{step: value} of a TensorBoard scalar."""
+    values = {}
+    for path in (workdir / "tensorboard").glob("events.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_a_skipped_step_is_counted_warned_and_left_out_of_the_means(
+    config, tmp_path, monkeypatch, caplog
+):
+    calls = _skip_steps(monkeypatch, {2})
+    with caplog.at_level(logging.WARNING, logger="mamlpp_tf.training"):
+        summary = training.train_and_evaluate(config, tmp_path)
+
+    assert [bool(m["applied"]) for _, m in calls] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
+    assert not np.isfinite(calls[1][1]["loss"])
+    # metrics.csv: the epoch's count, and means over the applied steps.
+    rows = _metrics(tmp_path)
+    assert [r["num_skipped_steps"] for r in rows] == ["1", "0"]
+    applied = [m for _, m in calls[:3] if m["applied"]]
+    assert float(rows[0]["train_loss"]) == (
+        sum(float(m["loss"]) for m in applied) / 2
+    )
+    assert float(rows[0]["train_accuracy"]) == (
+        sum(float(m["accuracy"]) for m in applied) / 2
+    )
+    assert _scalars(tmp_path, "train/num_skipped_steps") == {3: 1.0, 6: 0.0}
+    assert np.isfinite(list(_scalars(tmp_path, "train/loss").values())).all()
+    # The run's total, in the summary and its file.
+    assert summary["num_skipped_steps"] == 1
+    written = json.loads((tmp_path / "test_summary.json").read_text())
+    assert written["num_skipped_steps"] == 1
+    # The console.
+    assert (
+        "Skipped the meta-step at epoch 0, iteration 2 (meta-step 2): its "
+        "loss or meta-gradient is not finite" in caplog.text
+    )
+    assert "1 skipped in a row (training stops at 10)" in caplog.text
+    assert "1 meta-steps of the training were skipped" in caplog.text
+
+
+def test_the_skipped_steps_in_a_row_survive_a_crash_and_resume(
+    config, tmp_path, monkeypatch
+):
+    # max_nonfinite_steps=3; 5 meta-steps per epoch, checkpoints after
+    # steps 2 and 4. Steps 2 and 3 are skipped, then the process dies
+    # before checkpointing step 3: ckpt-2 holds 1 skipped step in a row.
+    config = dataclasses.replace(
+        config,
+        iterations_per_epoch=5,
+        learner=dataclasses.replace(config.learner, max_nonfinite_steps=3),
+    )
+    _skip_steps(monkeypatch, {2, 3}, kill_after=3)
+    with pytest.raises(_Killed):
+        training.train_and_evaluate(config, tmp_path)
+    progress, _ = _final_state(config, tmp_path)
+    assert (progress.iteration, progress.num_consecutive_skipped_steps) == (
+        2,
+        1,
+    )
+
+    # The resumed run redoes step 3 (skipped: 2 in a row) and skips step 4:
+    # the 3rd in a row stops it, as it would have stopped a run that never
+    # crashed. (Counting from 0 again, step 5 would have run.)
+    monkeypatch.undo()
+    _skip_steps(monkeypatch, {1, 2})
+    with pytest.raises(
+        learner_lib.NonFiniteLossError,
+        match="^3 consecutive meta-steps, the last in epoch 0,",
+    ):
+        training.train_and_evaluate(config, tmp_path)
