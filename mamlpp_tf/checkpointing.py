@@ -15,11 +15,18 @@ rewrites its `checkpoint` index file (temp file + rename) only afterwards;
 a crash mid-write therefore leaves the previous checkpoint as the latest.
 The top-k weights are written to a temporary folder renamed into place,
 then the JSON index is replaced the same way.
+
+Restoring skips a checkpoint only when it is really unreadable: one of its
+files is missing, or its files can be read but not parsed, twice in a row.
+Any other failure (a permission error, an I/O error of the storage) is
+raised: falling back would silently lose training, and the next saves
+would rotate the newer checkpoint away.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -34,10 +41,32 @@ CHECKPOINT_DIR = "checkpoints"
 TOP_K_DIR = "top_k"
 TOP_K_INDEX = "index.json"
 WEIGHTS_PREFIX = "weights"
-# What restoring a damaged checkpoint raises: TF's DataLossError and
-# friends, IndexError from the reader on short files, ValueError/
-# AssertionError when the object graph does not match.
-_UNREADABLE = (tf.errors.OpError, IndexError, ValueError, AssertionError)
+# What restoring a damaged checkpoint raises (TF 2.21, tests/
+# test_checkpointing.py): DataLossError (a checksum mismatch), IndexError
+# (a truncated or zeroed data file), NotFoundError (a missing index or
+# tensor), ValueError/AssertionError (an object graph that does not
+# match). A bad index, a missing data shard, and some checksum mismatches
+# raise a bare OpError with code UNKNOWN: TF's checkpoint reader drops the
+# status code of the C++ error, so an I/O error of the storage looks the
+# same. The files are
+# then read directly (`_missing_files`), and a restore that fails while
+# they all read is tried once more.
+_CONTENT_ERRORS = (
+    tf.errors.DataLossError,
+    tf.errors.NotFoundError,
+    IndexError,
+    ValueError,
+    AssertionError,
+)
+# Checkpoint files are read through in pieces of this size.
+_READ_CHUNK_BYTES = 1 << 20
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A run directory's checkpoints or top-k store cannot be read.
+
+    Not a bad request: the message names the files and how to recover.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +132,15 @@ def _weights_checkpoint(learner, **extra) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**objects)
 
 
+def checkpoint_paths(workdir: str | os.PathLike) -> list[str]:
+    """The training checkpoints listed in `workdir/checkpoints/checkpoint`,
+    oldest first; [] if there is none. Reads only that index."""
+    state = tf.train.get_checkpoint_state(
+        str(pathlib.Path(workdir) / CHECKPOINT_DIR)
+    )
+    return [] if state is None else list(state.all_model_checkpoint_paths)
+
+
 class TrainCheckpoint:
     """The resumable training state in `workdir/checkpoints/`.
 
@@ -146,24 +184,29 @@ class TrainCheckpoint:
     def restore_latest(self) -> Progress | None:
         """Restores the newest readable checkpoint; None if there is none.
 
-        A checkpoint that fails to load (truncated or corrupt files) is
-        skipped with a warning and the previous one is tried.
+        A checkpoint is skipped, with a warning that names it and says why,
+        only if it is really unreadable: one of its files is missing, or
+        its files can be read but it fails to restore twice in a row. The
+        skipped checkpoint stays on disk. Reading and restoring write
+        nothing.
 
         Raises:
-          ValueError: checkpoints exist but none can be read.
+          UnreadableCheckpointError: checkpoints exist but none can be read.
+          OSError, tf.errors.OpError: a checkpoint failed for another
+            reason than its content (permissions, the storage); nothing
+            was skipped.
         """
         candidates = list(reversed(self._manager.checkpoints))
+        reasons = []
         for path in candidates:
-            try:
-                status = self._checkpoint.restore(path)
-                status.assert_existing_objects_matched()
-            except _UNREADABLE as error:
+            reason = self._try_restore(path)
+            if reason is not None:
+                reasons.append(f"{os.path.basename(path)}: {reason}")
                 log.warning(
-                    "Checkpoint %s cannot be restored (%s: %s); trying the "
-                    "previous one.",
+                    "Skipped checkpoint %s: it is unreadable (%s). Trying "
+                    "the previous one.",
                     path,
-                    type(error).__name__,
-                    str(error).splitlines()[0] if str(error) else "",
+                    reason,
                 )
                 continue
             progress = Progress(
@@ -182,12 +225,117 @@ class TrainCheckpoint:
             )
             return progress
         if candidates:
-            raise ValueError(
-                f"None of the checkpoints in {self.directory} can be read "
-                f"({', '.join(os.path.basename(p) for p in candidates)}). "
-                "Remove that folder to start over, or use a new --workdir."
+            raise UnreadableCheckpointError(
+                f"None of the checkpoints in {self.directory} can be read ("
+                + "; ".join(reasons)
+                + "). Put back readable copies, or delete that folder to "
+                "train this run again from epoch 0."
             )
         return None
+
+    def _restore(self, path: str) -> None:
+        self._checkpoint.restore(path).assert_existing_objects_matched()
+
+    def _try_restore(self, path: str) -> str | None:
+        """Restores `path`: None, or why it is unreadable.
+
+        Raises what is not about the checkpoint's content.
+        """
+        try:
+            self._restore(path)
+            return None
+        except Exception as error:  # noqa: BLE001 - re-raised below.
+            if not _is_content_error(error):
+                _not_skipped(error, path)
+                raise
+            first = error
+        try:
+            missing = _missing_files(path)
+        except OSError as error:
+            _not_skipped(error, path)
+            raise error from first
+        if missing:
+            return f"missing {', '.join(missing)}; {_describe(first)}"
+        # Every file reads: a transient read error passes a second time.
+        try:
+            self._restore(path)
+        except Exception as error:  # noqa: BLE001 - re-raised below.
+            if not _is_content_error(error):
+                _not_skipped(error, path)
+                raise
+            return f"{_describe(error)}; twice, and its files all read"
+        log.warning(
+            "Checkpoint %s failed to restore once (%s) and restored on a "
+            "second try: a transient read error.",
+            path,
+            _describe(first),
+        )
+        return None
+
+
+def _is_content_error(error: BaseException) -> bool:
+    """Whether restoring failed on what the files hold (see _CONTENT_ERRORS)."""
+    if isinstance(error, _CONTENT_ERRORS):
+        return True
+    return (
+        isinstance(error, tf.errors.OpError)
+        and error.error_code == tf.errors.UNKNOWN
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """'Type: the first line of the message'."""
+    name = type(error).__name__
+    lines = str(error).strip().splitlines()
+    return f"{name}: {lines[0]}" if lines else name
+
+
+def _not_skipped(error: BaseException, path: str) -> None:
+    """Logs, and notes on `error`, why `path` was not skipped."""
+    log.error(
+        "Checkpoint %s could not be read (%s), and not because of its "
+        "content, so it was not skipped.",
+        path,
+        _describe(error),
+    )
+    if hasattr(error, "add_note"):  # Python >= 3.11.
+        error.add_note(
+            f"Checkpoint {path} was not skipped: this error is not damage to "
+            "its content. Fix the access to it (permissions, storage), then "
+            "rerun the same command; or, to resume from the checkpoint "
+            f"before it instead, delete {path}.*"
+        )
+
+
+def _missing_files(path: str) -> list[str]:
+    """The files of checkpoint `path` that are missing, after reading the
+    others through.
+
+    A checkpoint is `path.index` and `path.data-<i>-of-<n>` for i < n.
+
+    Raises:
+      OSError: a file exists but cannot be read (permissions, the storage).
+    """
+    prefix = pathlib.Path(path)
+    index = prefix.with_name(prefix.name + ".index")
+    shards = list(prefix.parent.glob(glob.escape(prefix.name) + ".data-*"))
+    expected = {index}
+    for shard in shards:
+        count = shard.name.rsplit("-of-", 1)[-1]
+        if count.isdigit():
+            expected.update(
+                prefix.with_name(f"{prefix.name}.data-{i:05d}-of-{count}")
+                for i in range(int(count))
+            )
+    missing = sorted(p.name for p in expected if not p.exists())
+    if not shards:
+        missing.append(f"{prefix.name}.data-*")
+    for file in sorted(expected):
+        if file.exists():
+            with open(file, "rb") as f:
+                while f.read(_READ_CHUNK_BYTES):
+                    pass
+    return missing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +345,29 @@ class TopKEntry:
     epoch: int
     val_accuracy: float
     val_loss: float
+
+
+def read_top_k_entries(workdir: str | os.PathLike) -> list[TopKEntry]:
+    """The kept epochs of `workdir`, best first; [] without top_k/index.json.
+
+    Reads only the index, so it needs no learner.
+
+    Raises:
+      UnreadableCheckpointError: the index exists but cannot be parsed.
+    """
+    path = pathlib.Path(workdir) / TOP_K_DIR / TOP_K_INDEX
+    if not path.exists():
+        return []
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        return [TopKEntry(**entry) for entry in values["entries"]]
+    except (ValueError, TypeError, KeyError) as error:
+        raise UnreadableCheckpointError(
+            f"{path} cannot be parsed ({_describe(error)}). Put back a "
+            f"readable copy, or delete {path.parent}: training then keeps "
+            "the best of the epochs still to run, and the epochs trained so "
+            "far leave the test ensemble."
+        ) from error
 
 
 class TopKStore:
@@ -220,12 +391,12 @@ class TopKStore:
 
     @property
     def entries(self) -> list[TopKEntry]:
-        """The kept epochs, best first (empty before the first epoch)."""
-        path = self.directory / TOP_K_INDEX
-        if not path.exists():
-            return []
-        values = json.loads(path.read_text(encoding="utf-8"))
-        return [TopKEntry(**entry) for entry in values["entries"]]
+        """The kept epochs, best first (empty before the first epoch).
+
+        Raises:
+          UnreadableCheckpointError: index.json cannot be parsed.
+        """
+        return read_top_k_entries(self.directory.parent)
 
     def _folder(self, epoch: int) -> pathlib.Path:
         return self.directory / f"epoch_{epoch:03d}"
@@ -281,7 +452,9 @@ class TopKStore:
         """Loads the weights kept for `epoch` into the learner.
 
         Raises:
-          ValueError: `epoch` is not kept, or its weights cannot be read.
+          ValueError: `epoch` is not kept.
+          UnreadableCheckpointError: its weights cannot be read for their
+            content (other read errors are raised as they are).
         """
         kept = [e.epoch for e in self.entries]
         if epoch not in kept:
@@ -292,8 +465,12 @@ class TopKStore:
         prefix = str(self._folder(epoch) / WEIGHTS_PREFIX)
         try:
             self._checkpoint.read(prefix).assert_existing_objects_matched()
-        except _UNREADABLE as error:
-            raise ValueError(
+        except Exception as error:  # noqa: BLE001 - re-raised below.
+            if not _is_content_error(error):
+                raise
+            raise UnreadableCheckpointError(
                 f"The top-k weights of epoch {epoch} ({prefix}) cannot be "
-                f"read: {type(error).__name__}: {error}"
+                f"read ({_describe(error)}). Put back a readable copy, or "
+                f"delete {self._folder(epoch)} and its entry in "
+                f"{self.directory / TOP_K_INDEX}."
             ) from error

@@ -1,10 +1,12 @@
 """TrainCheckpoint and TopKStore: what they save, restore and keep."""
 
+import builtins
 import logging
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from helpers import experiments
 from mamlpp_tf import checkpointing
@@ -126,31 +128,54 @@ def test_keeps_only_the_newest_checkpoints(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("ckpt-1.*"))
 
 
+DATA = ".data-00000-of-00001"
+# How a checkpoint file is damaged, and what the warning says about it.
 CORRUPTIONS = {
-    "zeroed data": (".data-00000-of-00001", lambda b: b"\0" * 16),
-    "truncated data": (".data-00000-of-00001", lambda b: b[: len(b) // 2]),
-    "garbage index": (".index", lambda b: b"garbage" * 8),
-    "truncated index": (".index", lambda b: b[: len(b) // 3]),
+    "zeroed data": (DATA, lambda b: b"\0" * 16, "IndexError: Read less"),
+    "truncated data": (DATA, lambda b: b[: len(b) // 2], "IndexError"),
+    "flipped data byte": (
+        DATA,
+        lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]),
+        "Checksum does not match",
+    ),
+    "garbage index": (".index", lambda b: b"garbage" * 8, "not an sstable"),
+    "truncated index": (".index", lambda b: b[: len(b) // 3], "sstable"),
+    "missing data shard": (DATA, None, "missing ckpt-2.data-*"),
+    "missing index": (".index", None, "missing ckpt-2.index"),
 }
 
 
 def _corrupt(prefix, how="zeroed data"):
-    suffix, damage = CORRUPTIONS[how]
+    suffix, damage, _ = CORRUPTIONS[how]
     path = prefix.with_name(prefix.name + suffix)
-    path.write_bytes(damage(path.read_bytes()))
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+
+
+def _two_checkpoints(workdir):
+    """(learner, checkpoint, the state saved at step 1); step 2 differs."""
+    learner = _learner(0)
+    checkpoint = checkpointing.TrainCheckpoint(learner, workdir, keep=3)
+    checkpoint.save(checkpointing.Progress(iteration=1), step=1)
+    first = _state(learner)
+    _perturb(learner, seed=2)
+    checkpoint.save(checkpointing.Progress(iteration=2), step=2)
+    return learner, checkpoint, first
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
     tmp_path, caplog, how
 ):
-    learner = _learner(0)
-    checkpoint = checkpointing.TrainCheckpoint(learner, tmp_path, keep=3)
-    checkpoint.save(checkpointing.Progress(iteration=1), step=1)
-    expected = _state(learner)
-    _perturb(learner, seed=2)
-    checkpoint.save(checkpointing.Progress(iteration=2), step=2)
+    _, _, expected = _two_checkpoints(tmp_path)
     _corrupt(tmp_path / "checkpoints" / "ckpt-2", how)
+    before = _files(tmp_path / "checkpoints")
 
     fresh = _learner(seed=3)
     with caplog.at_level(logging.WARNING):
@@ -160,8 +185,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
 
     assert restored.iteration == 1
     _assert_same_state(_state(fresh), expected)
-    assert "ckpt-2 cannot be restored" in caplog.text
-    assert "trying the previous one" in caplog.text
+    # It says which checkpoint it skipped and why, and deletes nothing.
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "Skipped checkpoint " in warning
+    assert "ckpt-2: it is unreadable (" in warning
+    assert CORRUPTIONS[how][2] in warning
+    assert _files(tmp_path / "checkpoints") == before
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
@@ -169,10 +198,114 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     checkpoint.save(checkpointing.Progress(iteration=1), step=1)
     _corrupt(tmp_path / "checkpoints" / "ckpt-1")
     with pytest.raises(
-        ValueError,
-        match="None of the checkpoints in .* can be read \\(ckpt-1\\)",
+        checkpointing.UnreadableCheckpointError,
+        match=r"None of the checkpoints in .* can be read \(ckpt-1: "
+        r"IndexError: Read less bytes than requested; twice, and its files "
+        r"all read\)\. Put back readable copies, or delete that folder",
     ):
         checkpoint.restore_latest()
+
+
+def _fail_restoring(monkeypatch, error, times=None):
+    """Restoring ckpt-2 raises `error` (the first `times` times; always if
+    None); other checkpoints restore as usual."""
+    original = checkpointing.TrainCheckpoint._restore
+    calls = []
+
+    def restore(self, path):
+        if path.endswith("ckpt-2") and (times is None or len(calls) < times):
+            calls.append(path)
+            raise error
+        return original(self, path)
+
+    monkeypatch.setattr(checkpointing.TrainCheckpoint, "_restore", restore)
+    return calls
+
+
+def _unreadable_index(monkeypatch):
+    """Opening ckpt-2.index raises PermissionError (we run as root, where
+    chmod does not stop reads)."""
+
+    def fake_open(file, *args, **kwargs):
+        if str(file).endswith("ckpt-2.index"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "open", fake_open, raising=False)
+
+
+# Failures that say nothing about the checkpoint's content.
+IO_ERRORS = {
+    "PermissionError": (PermissionError(13, "Permission denied"), False),
+    "PermissionDeniedError": (
+        tf.errors.PermissionDeniedError(None, None, "ckpt-2.index"),
+        False,
+    ),
+    "UnavailableError": (
+        tf.errors.UnavailableError(None, None, "storage unreachable"),
+        False,
+    ),
+    # What TF's reader raises for any C++ read error (status code lost):
+    # the index then fails to open from Python too.
+    "OpError with an unreadable file": (
+        tf.errors.OpError(
+            None, None, "ckpt-2.index; Permission denied", tf.errors.UNKNOWN
+        ),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IO_ERRORS))
+def test_an_io_error_is_raised_not_a_reason_to_fall_back(
+    tmp_path, caplog, monkeypatch, name
+):
+    _two_checkpoints(tmp_path)
+    before = _files(tmp_path / "checkpoints")
+    error, index_unreadable = IO_ERRORS[name]
+    _fail_restoring(monkeypatch, error)
+    if index_unreadable:
+        _unreadable_index(monkeypatch)
+    expected = PermissionError if index_unreadable else type(error)
+
+    checkpoint = checkpointing.TrainCheckpoint(_learner(3), tmp_path, keep=3)
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(expected) as raised:
+            checkpoint.restore_latest()
+
+    assert "Skipped" not in caplog.text
+    assert "so it was not skipped" in caplog.text
+    assert "was not skipped: this error is not damage" in str(
+        raised.value.__notes__
+    )
+    assert "ckpt-2 could not be read" in caplog.text
+    if index_unreadable:
+        assert raised.value.__cause__ is error
+    assert _files(tmp_path / "checkpoints") == before
+
+
+def test_a_transient_read_error_restores_on_the_second_try(
+    tmp_path, caplog, monkeypatch
+):
+    learner, _, _ = _two_checkpoints(tmp_path)
+    expected = _state(learner)
+    calls = _fail_restoring(
+        monkeypatch,
+        tf.errors.OpError(None, None, "Input/output error", tf.errors.UNKNOWN),
+        times=1,
+    )
+
+    fresh = _learner(3)
+    with caplog.at_level(logging.WARNING):
+        restored = checkpointing.TrainCheckpoint(
+            fresh, tmp_path, keep=3
+        ).restore_latest()
+
+    assert len(calls) == 1
+    assert restored.iteration == 2
+    _assert_same_state(_state(fresh), expected)
+    assert "restored on a second try" in caplog.text
+    assert "Skipped" not in caplog.text
 
 
 def _entry(epoch, accuracy):
@@ -208,6 +341,30 @@ def test_top_k_keeps_the_best_epochs_and_their_weights(tmp_path):
         r"top-k epochs \[3, 1\]",
     ):
         store.load(2)
+    assert checkpointing.read_top_k_entries(tmp_path) == store.entries
+
+
+def test_unreadable_top_k_files_name_the_file_and_how_to_recover(tmp_path):
+    store = checkpointing.TopKStore(_learner(0), tmp_path, k=2)
+    store.update(_entry(0, 0.5))
+    weights = tmp_path / "top_k" / "epoch_000" / ("weights" + DATA)
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(
+        checkpointing.UnreadableCheckpointError,
+        match=r"The top-k weights of epoch 0 \(.*epoch_000/weights\) cannot "
+        r"be read \(IndexError: .*\)\. Put back a readable copy, or delete "
+        r".*epoch_000 and its entry in .*index\.json",
+    ):
+        store.load(0)
+
+    index = tmp_path / "top_k" / "index.json"
+    index.write_text('{"entries": [{"epoch": 0,')
+    with pytest.raises(
+        checkpointing.UnreadableCheckpointError,
+        match=r"top_k/index\.json cannot be parsed \(JSONDecodeError: .*\)\. "
+        r"Put back a readable copy, or delete .*top_k: training then keeps",
+    ):
+        store.entries  # noqa: B018 - the property reads the file.
 
 
 def test_top_k_replaces_a_rerun_epoch_and_forgets_discarded_ones(tmp_path):
