@@ -19,6 +19,10 @@ others keep theirs in `workers/<task type>_<task id>/`. The runtime
 (strategy, XLA, precision) is not part of the experiment: a run may be
 resumed under another strategy.
 
+Two phases: `prepare` checks the request (settings, data, workdir) and
+restores the newest checkpoint, writing nothing, so a refused request
+leaves the workdir as it was; `execute` writes, from config.json on.
+
 Exact resume: the training task stream restarts at the saved task index,
 the schedules are pure functions of the epoch, and the checkpoint holds the
 optimizer state, so a run interrupted and resumed computes the same
@@ -302,40 +306,54 @@ def _record_start(
     log.info("Runtime (appended to %s): %s", path, entry)
 
 
-def train_and_evaluate(
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """A training request that `prepare` accepted; nothing written yet.
+
+    Attributes:
+      config, runtime, strategy: as passed to `train_and_evaluate`.
+      workdir: the run directory; worker_dir: where this worker saves.
+      learner: built, holding the restored checkpoint if any.
+      splits: the loaded data, "train"/"val"/"test" -> ClassImages.
+      checkpoint: the run's `TrainCheckpoint`.
+      progress: where training resumes (zeros for a new run).
+    """
+
+    config: experiment.ExperimentConfig
+    runtime: distribute.RuntimeConfig
+    strategy: tf.distribute.Strategy
+    workdir: pathlib.Path
+    worker_dir: pathlib.Path
+    learner: learner_lib.MetaLearner
+    splits: dict
+    checkpoint: checkpointing.TrainCheckpoint
+    progress: checkpointing.Progress
+
+
+def prepare(
     config: experiment.ExperimentConfig,
     workdir: str | os.PathLike,
     *,
     runtime: distribute.RuntimeConfig | None = None,
     strategy: tf.distribute.Strategy | None = None,
-) -> dict:
-    """Trains `config` in `workdir`, then runs the test protocol.
+) -> PreparedRun:
+    """The checks of `train_and_evaluate`: reads, writes nothing.
 
-    A workdir holding checkpoints resumes from the newest readable one; a
-    finished run only writes its test summary if that is missing.
-
-    Args:
-      config: the experiment.
-      workdir: the run directory (created if needed).
-      runtime: where and how the steps run (XLA, mixed precision, tasks in
-        flight); None for the defaults. It changes no result beyond
-        rounding, so it is not part of the experiment.
-      strategy: the `tf.distribute.Strategy` that
-        `distribute.make_strategy(runtime)` built (apps build it before any
-        TensorFlow op runs, as logical devices require); None builds it
-        here. With several replicas every global batch is split across
-        them.
-
-    Returns:
-      The test summary (also in `workdir/test_summary.json`).
+    Every reason to refuse the request is found here, before `execute`
+    writes the first file (the TFDS cache of the data, outside the workdir,
+    may be prepared). Restoring the newest checkpoint is part of it: it
+    says how far the run got.
 
     Raises:
-      stop_signals.TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was
-        saved.
-      ValueError: the workdir holds an incompatible experiment, or bad
-        data or settings (before anything is written).
+      ValueError: a refused request: the workdir holds another experiment
+        or is not a folder, the meta-batch does not split over the
+        replicas, bad data or settings, `total_epochs` below the epochs
+        already trained.
       FileNotFoundError: the data is missing.
-      NonFiniteLossError: training diverged.
+      checkpointing.UnreadableCheckpointError: the workdir's checkpoints
+        or top-k index cannot be read (a damaged workdir, not a bad
+        request).
+      OSError, tf.errors.OpError: reading the workdir failed.
     """
     runtime = runtime or distribute.RuntimeConfig()
     if strategy is None:
@@ -350,8 +368,58 @@ def train_and_evaluate(
         strategy=strategy,
         **distribute.learner_options(runtime),
     )
-    chief = distribute.is_chief(strategy)
     worker_dir = distribute.worker_directory(strategy, workdir)
+    checkpoint = checkpointing.TrainCheckpoint(
+        learner, worker_dir, keep=config.keep_checkpoints
+    )
+    progress = checkpoint.restore_latest() or checkpointing.Progress()
+    total = config.learner.total_epochs
+    if progress.epoch > total:
+        raise ValueError(
+            f"{str(workdir)!r} has already trained {progress.epoch} epochs, "
+            f"more than total_epochs={total}. Set --total_epochs to "
+            f"{progress.epoch} or more."
+        )
+    checkpointing.read_top_k_entries(worker_dir)  # Readable, or raises.
+    return PreparedRun(
+        config=config,
+        runtime=runtime,
+        strategy=strategy,
+        workdir=workdir,
+        worker_dir=worker_dir,
+        learner=learner,
+        splits=splits,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+
+
+def execute(prepared: PreparedRun) -> dict:
+    """Trains and tests what `prepare` accepted: the phase that writes.
+
+    Returns:
+      The test summary (also in `workdir/test_summary.json`).
+
+    Raises:
+      stop_signals.TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was
+        saved.
+      NonFiniteLossError: `max_nonfinite_steps` skipped meta-steps in a
+        row.
+    """
+    p = prepared
+    config, workdir, worker_dir = p.config, p.workdir, p.worker_dir
+    runtime, strategy, splits = p.runtime, p.strategy, p.splits
+    learner, checkpoint, progress = p.learner, p.checkpoint, p.progress
+    total = config.learner.total_epochs
+    summary_path = worker_dir / evaluation.SUMMARY_FILENAME.format(split="test")
+    if progress.epoch == total and summary_path.exists():
+        log.info(
+            "%s has finished training and testing; see %s.",
+            workdir,
+            summary_path,
+        )
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+    chief = distribute.is_chief(strategy)
     if chief:
         experiment.write_config(config, workdir)
         log.info(
@@ -365,26 +433,6 @@ def train_and_evaluate(
                 {s: images.class_names for s, images in splits.items()},
                 workdir,
             )
-    checkpoint = checkpointing.TrainCheckpoint(
-        learner, worker_dir, keep=config.keep_checkpoints
-    )
-    progress = checkpoint.restore_latest() or checkpointing.Progress()
-    total = config.learner.total_epochs
-    if progress.epoch > total:
-        raise ValueError(
-            f"{str(workdir)!r} has already trained {progress.epoch} epochs, "
-            f"more than total_epochs={total}. Set --total_epochs to "
-            f"{progress.epoch} or more."
-        )
-    summary_path = worker_dir / evaluation.SUMMARY_FILENAME.format(split="test")
-    if progress.epoch == total and summary_path.exists():
-        log.info(
-            "%s has finished training and testing; see %s.",
-            workdir,
-            summary_path,
-        )
-        return json.loads(summary_path.read_text(encoding="utf-8"))
-    if chief:
         _record_start(config, runtime, strategy, workdir, progress)
     top_k = checkpointing.TopKStore(
         learner, worker_dir, k=config.top_k_ensemble
@@ -420,3 +468,43 @@ def train_and_evaluate(
             return _test(run)
     finally:
         reporter.close()
+
+
+def train_and_evaluate(
+    config: experiment.ExperimentConfig,
+    workdir: str | os.PathLike,
+    *,
+    runtime: distribute.RuntimeConfig | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
+    """Trains `config` in `workdir`, then runs the test protocol.
+
+    `execute(prepare(...))`: every check, then the first write. A workdir
+    holding checkpoints resumes from the newest readable one; a finished
+    run only writes its test summary if that is missing, and nothing else.
+
+    Args:
+      config: the experiment.
+      workdir: the run directory (created if needed).
+      runtime: where and how the steps run (XLA, mixed precision, tasks in
+        flight); None for the defaults. It changes no result beyond
+        rounding, so it is not part of the experiment.
+      strategy: the `tf.distribute.Strategy` that
+        `distribute.make_strategy(runtime)` built (apps build it before any
+        TensorFlow op runs, as logical devices require); None builds it
+        here. With several replicas every global batch is split across
+        them.
+
+    Returns:
+      The test summary (also in `workdir/test_summary.json`).
+
+    Raises:
+      ValueError, FileNotFoundError: a refused request (`prepare`);
+        nothing was written.
+      checkpointing.UnreadableCheckpointError, OSError: the workdir
+        cannot be read (`prepare`); nothing was written.
+      stop_signals.TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was
+        saved.
+      NonFiniteLossError: training diverged.
+    """
+    return execute(prepare(config, workdir, runtime=runtime, strategy=strategy))

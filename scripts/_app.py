@@ -1,21 +1,34 @@
-"""What the apps share: runtime flags and one-line errors.
+"""What the apps share: runtime flags, the request check, exit codes.
+
+Every app first checks the request inside `checking_request()`, which
+writes nothing, and writes only after it. So a refused request changes
+no file, and an error once the work started is a failure, never a
+refusal.
 
 Exit codes of every app:
   0    done.
   1    absl rejected the command line (an unknown flag, a missing flagfile
-       or required flag, a value out of a flag's range), or training
-       failed (a non-finite loss for too many consecutive steps).
-  2    the flags parse but describe a bad request: contradictory
-       settings, a missing data dir, a workdir holding another experiment,
-       an empty workdir, a non-empty export dir. The workdir is unchanged.
+       or required flag, a value out of a flag's range): its usage message.
+       Or the app failed after accepting the request: training diverged
+       (`max_nonfinite_steps` skipped meta-steps in a row), a checkpoint or
+       the top-k store cannot be read, an I/O or an internal error: the
+       traceback, then one `error:` line that says what to do.
+  2    a refused request, in one `error:` line, with nothing written: the
+       flags parse but contradict each other or name missing data (train);
+       the workdir is not a folder, holds another experiment or has
+       trained more epochs than --total_epochs (train), is not a run
+       directory or has no validated epoch yet (evaluate, export); the
+       export dir is not empty (export).
   130  stopped by SIGINT; 143 stopped by SIGTERM (128 + the signal). The
        training app saved a checkpoint first: rerun the same command.
 """
 
+import contextlib
 import logging as std_logging
 import os
 import signal
 import sys
+import traceback
 
 # TensorFlow's C++ INFO lines drown the progress lines; keep its warnings.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -31,11 +44,12 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 import mamlpp_tf  # noqa: E402
+from mamlpp_tf import checkpointing  # noqa: E402
 from mamlpp_tf import distribute  # noqa: E402
 from mamlpp_tf import stop_signals  # noqa: E402
 
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_REQUEST = 2
 # Shells report a process stopped by signal N as 128 + N.
 SIGNAL_EXIT_BASE = 128
 
@@ -128,16 +142,62 @@ def define_runtime_flags():
     return runtime_config
 
 
+class BadRequestError(Exception):
+    """A request refused before anything was written (exit 2, one line)."""
+
+
+@contextlib.contextmanager
+def checking_request():
+    """The phase of an app that checks the request: it must write nothing.
+
+    A ValueError, FileNotFoundError or FileExistsError raised inside
+    refuses the request: it becomes a `BadRequestError` (exit 2, one
+    line). The same errors raised after this phase are failures (exit 1,
+    with the traceback).
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        raise BadRequestError(str(error)) from error
+
+
+# Failures whose message already says what to do.
+_SELF_EXPLAINED = (
+    mamlpp_tf.NonFiniteLossError,
+    checkpointing.UnreadableCheckpointError,
+)
+# What to do after any other failure.
+DEFAULT_FAILURE_HINT = (
+    "The traceback above shows where it failed: fix the cause, then rerun "
+    "the same command."
+)
+
+
 def _fail(message: str, code: int):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
-def run(main):
-    """`app.run(main)`, with expected failures as one line, not a traceback.
+def failure_summary(error: BaseException, hint: str) -> str:
+    """One line: the error's type and first line, then what to do (its
+    notes, or `hint` unless its message says it)."""
+    lines = str(error).strip().splitlines()
+    name = type(error).__name__
+    summary = f"{name}: {lines[0]}" if lines else name
+    advice = " ".join(getattr(error, "__notes__", ()))
+    if not advice and not isinstance(error, _SELF_EXPLAINED):
+        advice = hint
+    return f"{summary} {advice}".strip()
+
+
+def run(main, *, failure_hint: str = DEFAULT_FAILURE_HINT):
+    """`app.run(main)` with the exit codes of the module docstring.
 
     Args:
-      main: the app's main(argv).
+      main: the app's main(argv). It checks the request inside
+        `checking_request()` before it writes anything.
+      failure_hint: what to do after a failure (exit 1) whose message
+        does not say it.
     """
 
     def guarded_main(argv):
@@ -146,15 +206,18 @@ def run(main):
         logging.info("%s", CPU_ALLOCATOR_NOTE)
         try:
             return main(argv)
+        except BadRequestError as error:
+            _fail(str(error), EXIT_BAD_REQUEST)
         except stop_signals.TrainingInterrupted as interrupted:
             logging.warning("%s", interrupted)
             sys.exit(SIGNAL_EXIT_BASE + interrupted.signum)
         except KeyboardInterrupt:
             _fail("interrupted.", SIGNAL_EXIT_BASE + signal.SIGINT)
-        except mamlpp_tf.NonFiniteLossError as error:
-            _fail(str(error), EXIT_FAILED)
-        except (ValueError, FileNotFoundError, FileExistsError) as error:
-            _fail(str(error), EXIT_BAD_INPUT)
+        except app.UsageError:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported, exit 1.
+            traceback.print_exc()
+            _fail(failure_summary(error, failure_hint), EXIT_FAILED)
 
     # tf.distribute logs every collective and checkpoint shard at INFO: a
     # few lines per evaluation batch under a strategy. Keep its warnings.

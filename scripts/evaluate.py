@@ -15,8 +15,10 @@ try:  # First: it quiets TensorFlow's C++ logs before TensorFlow loads.
 except ImportError:  # Run as `python scripts/evaluate.py`.
     import _app
 
+from mamlpp_tf import checkpointing
 from mamlpp_tf import distribute
 from mamlpp_tf import evaluation
+from mamlpp_tf import experiment
 
 _WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -36,12 +38,40 @@ _NUM_EVAL_INNER_STEPS = flags.DEFINE_integer(
 _RUNTIME_CONFIG = _app.define_runtime_flags()
 
 
+def _check_request(workdir: str, strategy) -> None:
+    """What would refuse the evaluation, checked before anything is written
+    (evaluate_workdir appends to the run's history before it evaluates).
+
+    Raises:
+      FileNotFoundError, ValueError: not a run directory, or no validated
+        epoch yet, or a meta-batch that does not split over the replicas.
+      checkpointing.UnreadableCheckpointError: a damaged top_k/index.json.
+    """
+    config = experiment.read_config(workdir)
+    if config is None:
+        raise FileNotFoundError(
+            f"{workdir!r} has no {experiment.CONFIG_FILENAME}: it is not a "
+            "run directory. Train first: mamlpp-train --flagfile=... "
+            f"--workdir={workdir}"
+        )
+    distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)
+    if not checkpointing.read_top_k_entries(workdir):
+        raise ValueError(
+            f"{workdir!r} has no validated epoch yet (no "
+            f"{checkpointing.TOP_K_DIR}/{checkpointing.TOP_K_INDEX} entry); "
+            "train for at least one epoch first."
+        )
+
+
 def main(argv):
     """Runs the app; `argv` holds no positional arguments (checked)."""
     del argv
-    runtime = _RUNTIME_CONFIG()
-    # Before any TensorFlow op: it may split the CPU into logical devices.
-    strategy = distribute.make_strategy(runtime)
+    with _app.checking_request():  # Writes nothing.
+        runtime = _RUNTIME_CONFIG()
+        # Before any TensorFlow op: it may split the CPU into logical
+        # devices.
+        strategy = distribute.make_strategy(runtime)
+        _check_request(_WORKDIR.value, strategy)
     summary = evaluation.evaluate_workdir(
         _WORKDIR.value,
         split=_SPLIT.value,

@@ -349,18 +349,28 @@ def runtime_config() -> distribute.RuntimeConfig:
 def main(argv):
     """Runs the app; `argv` holds no positional arguments (checked)."""
     del argv
-    config = experiment_config()
-    runtime = runtime_config()
-    # Before any TensorFlow op: it may split the CPU into logical devices.
-    strategy = distribute.make_strategy(runtime)
-    training.train_and_evaluate(
-        config, _WORKDIR.value, runtime=runtime, strategy=strategy
-    )
+    with _app.checking_request():  # Writes nothing.
+        config = experiment_config()
+        runtime = runtime_config()
+        # Before any TensorFlow op: it may split the CPU into logical
+        # devices.
+        strategy = distribute.make_strategy(runtime)
+        prepared = training.prepare(
+            config, _WORKDIR.value, runtime=runtime, strategy=strategy
+        )
+    training.execute(prepared)
+
+
+# After a failure: the checkpoints written so far are kept.
+FAILURE_HINT = (
+    "The traceback above shows where it failed: fix the cause, then rerun "
+    "the same command to resume from the newest checkpoint in --workdir."
+)
 
 
 def run():
     """The `mamlpp-train` console script."""
-    _app.run(main)
+    _app.run(main, failure_hint=FAILURE_HINT)
 
 
 if __name__ == "__main__":

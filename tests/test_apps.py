@@ -1,8 +1,11 @@
 """The three apps end to end on flags/smoke.cfg, and their bad input."""
 
 import json
+import pathlib
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -240,3 +243,220 @@ def test_train_runs_in_bfloat16_under_xla(tmp_path):
         learner, workdir, keep=config.keep_checkpoints
     ).restore_latest()
     assert progress.epoch == 1
+
+
+# -- Exit 2 only before any write; exit 1 with the traceback after --------
+
+# A 2-epoch run of one meta-step each, first order throughout.
+SHORT_RUN = (
+    f"--flagfile={SMOKE}",
+    "--total_epochs=2",
+    "--iterations_per_epoch=1",
+    "--num_eval_tasks=2",
+    "--top_k_ensemble=1",
+    "--first_order_to_second_order_epoch=1",
+)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """(workdir, train flags) of a finished SHORT_RUN; copy it to change it."""
+    root = tmp_path_factory.mktemp("short_run")
+    args = (
+        *SHORT_RUN,
+        f"--workdir={root / 'run'}",
+        f"--tfds_data_dir={root / 'tfds'}",
+    )
+    result = apps.run("train", *args)
+    assert result.returncode == 0, apps.describe(result)
+    return root / "run", args
+
+
+def _copy(short_run, tmp_path):
+    """A copy of the short run, and the train flags that point at it."""
+    workdir, args = short_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    return copy, [a for a in args if not a.startswith("--workdir=")] + [
+        f"--workdir={copy}"
+    ]
+
+
+def _run_patched(app, patch, *args):
+    """Runs `python scripts/<app>.py *args` after the Python code `patch`
+    ran in its process (to make it fail somewhere)."""
+    code = "\n".join(
+        [
+            "import sys",
+            f"sys.path.insert(0, {str(apps.SCRIPTS_DIR)!r})",
+            f"import {app} as app_module",
+            patch,
+            "app_module.run()",
+        ]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=apps.REPO,
+        env=apps.ENV,
+        check=False,
+    )
+
+
+def _failed(result, summary):
+    """Exit 1: the traceback, then one `error:` line, the last."""
+    assert result.returncode == 1, apps.describe(result)
+    assert "Traceback (most recent call last)" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), apps.describe(result)
+    assert summary in last, apps.describe(result)
+    return last
+
+
+def test_train_refuses_fewer_epochs_than_trained_without_writing(
+    short_run, tmp_path
+):
+    workdir, args = _copy(short_run, tmp_path)
+    before = _files(workdir)
+    result = apps.run("train", *args, "--total_epochs=1")
+    _refused(result, "has already trained 2 epochs, more than total_epochs=1")
+    assert result.returncode == 2
+    assert _files(workdir) == before
+
+
+def test_train_fails_on_unreadable_checkpoints_naming_them(short_run, tmp_path):
+    workdir, args = _copy(short_run, tmp_path)
+    for data in (workdir / "checkpoints").glob("ckpt-*.data-*"):
+        data.write_bytes(b"\0" * 16)
+    before = _files(workdir)
+    result = apps.run("train", *args)
+    _failed(
+        result,
+        "error: UnreadableCheckpointError: None of the checkpoints in "
+        f"{workdir / 'checkpoints'} can be read (ckpt-2: IndexError",
+    )
+    assert "ckpt-1: IndexError" in result.stderr.splitlines()[-1]
+    assert "delete that folder to train this run again" in result.stderr
+    assert _files(workdir) == before
+
+
+# Restoring ckpt-2 fails as TF's reader fails on any C++ read error (an
+# OpError with code UNKNOWN), and its index cannot be opened: an access
+# problem, not a damaged checkpoint.
+UNREADABLE_LATEST = """
+import builtins
+import tensorflow as tf
+from mamlpp_tf import checkpointing
+
+_restore = checkpointing.TrainCheckpoint._restore
+
+def restore(self, path):
+    if path.endswith("ckpt-2"):
+        raise tf.errors.OpError(
+            None, None, path + ".index; Permission denied", tf.errors.UNKNOWN
+        )
+    return _restore(self, path)
+
+def fake_open(file, *args, **kwargs):
+    if str(file).endswith("ckpt-2.index"):
+        raise PermissionError(13, "Permission denied", str(file))
+    return builtins.open(file, *args, **kwargs)
+
+checkpointing.TrainCheckpoint._restore = restore
+checkpointing.open = fake_open
+"""
+
+
+def test_train_does_not_fall_back_past_a_checkpoint_it_cannot_access(
+    short_run, tmp_path
+):
+    workdir, args = _copy(short_run, tmp_path)
+    (workdir / "test_summary.json").unlink()  # So that it would test.
+    before = _files(workdir)
+    result = _run_patched("train", UNREADABLE_LATEST, *args)
+    last = _failed(result, "error: PermissionError: [Errno 13] Permission")
+    assert f"Checkpoint {workdir / 'checkpoints' / 'ckpt-2'} was not " in last
+    assert "Fix the access to it" in last
+    assert "Skipped checkpoint" not in result.stderr
+    assert _files(workdir) == before  # ckpt-2 is still the latest.
+
+
+def test_a_damaged_top_k_index_is_a_failure_not_a_bad_request(
+    short_run, tmp_path
+):
+    workdir, args = _copy(short_run, tmp_path)
+    (workdir / "top_k" / "index.json").write_text('{"entries": [')
+    (workdir / "test_summary.json").unlink()
+    before = _files(workdir)
+    for result in (
+        apps.run("train", *args),
+        apps.run("evaluate", f"--workdir={workdir}"),
+    ):
+        _failed(
+            result,
+            "error: UnreadableCheckpointError: "
+            f"{workdir / 'top_k' / 'index.json'} cannot be parsed",
+        )
+        assert _files(workdir) == before
+
+
+# The first meta-step is skipped (NaN images), the second raises a
+# ValueError: an internal error, once the run has started.
+FAILING_SECOND_STEP = """
+from mamlpp_tf import learner
+
+_train_step = learner.MetaLearner.train_step
+_calls = []
+
+def train_step(self, batch, epoch):
+    _calls.append(epoch)
+    if len(_calls) == 1:
+        batch = dict(batch, support_x=batch["support_x"] * float("nan"))
+    if len(_calls) == 2:
+        raise ValueError("an internal error in the middle of the run")
+    return _train_step(self, batch, epoch)
+
+learner.MetaLearner.train_step = train_step
+"""
+
+
+def test_a_value_error_mid_run_exits_1_with_the_traceback(tmp_path):
+    workdir = tmp_path / "run"
+    result = _run_patched(
+        "train",
+        FAILING_SECOND_STEP,
+        *SHORT_RUN,
+        "--iterations_per_epoch=3",
+        f"--workdir={workdir}",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+    )
+    last = _failed(
+        result,
+        "error: ValueError: an internal error in the middle of the run "
+        "The traceback above shows where it failed: fix the cause, then "
+        "rerun the same command to resume from the newest checkpoint",
+    )
+    assert last.count("\n") == 0
+    assert (
+        "Skipped the meta-step at epoch 0, iteration 1 (meta-step 1)"
+        in result.stderr
+    )
+    assert (workdir / "config.json").exists()  # The run had started.
+
+
+def test_export_refuses_a_non_empty_export_dir_without_writing(
+    short_run, tmp_path
+):
+    workdir = short_run[0]
+    export_dir = tmp_path / "exported"
+    export_dir.mkdir()
+    (export_dir / "keep.txt").write_text("mine")
+    result = apps.run(
+        "export", f"--workdir={workdir}", f"--export_dir={export_dir}"
+    )
+    _refused(result, "exists and is not an empty folder")
+    assert result.returncode == 2
+    assert _files(export_dir) == {pathlib.Path("keep.txt"): b"mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]

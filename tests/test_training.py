@@ -186,9 +186,7 @@ def test_rerunning_a_finished_run_returns_its_summary(config, finished):
     workdir, summary = finished
     before = _files(workdir)
     assert training.train_and_evaluate(config, workdir) == summary
-    after = _files(workdir)
-    # config.json is rewritten with the same content; nothing else moves.
-    assert after == before
+    assert _files(workdir) == before  # Nothing is written.
 
 
 def test_an_incompatible_workdir_is_refused_and_left_untouched(
@@ -226,6 +224,43 @@ def test_raising_total_epochs_extends_a_finished_run(
     progress, _ = _final_state(longer, workdir)
     assert progress.epoch == 3
     assert set(summary["ensemble_epochs"]) <= {0, 1, 2}
+
+
+def test_total_epochs_below_the_trained_ones_is_refused_before_any_write(
+    config, finished
+):
+    workdir = finished[0]
+    before = _files(workdir)
+    shorter = dataclasses.replace(
+        config, learner=dataclasses.replace(config.learner, total_epochs=1)
+    )
+    with pytest.raises(
+        ValueError,
+        match="has already trained 2 epochs, more than total_epochs=1",
+    ):
+        training.train_and_evaluate(shorter, workdir)
+    assert _files(workdir) == before
+
+
+def test_an_io_error_while_restoring_stops_the_run_before_any_write(
+    config, finished, tmp_path, monkeypatch
+):
+    # Not a reason to fall back to an older checkpoint (whose successors
+    # the next saves would then rotate away): raised, nothing written.
+    workdir = tmp_path / "run"
+    shutil.copytree(finished[0], workdir)
+    before = _files(workdir)
+    original = checkpointing.TrainCheckpoint._restore
+
+    def restore(self, path):
+        if path.endswith("ckpt-6"):
+            raise tf.errors.UnavailableError(None, None, "storage is down")
+        return original(self, path)
+
+    monkeypatch.setattr(checkpointing.TrainCheckpoint, "_restore", restore)
+    with pytest.raises(tf.errors.UnavailableError):
+        training.train_and_evaluate(config, workdir)
+    assert _files(workdir) == before
 
 
 def _skip_steps(monkeypatch, calls_to_skip, *, kill_after=None):
