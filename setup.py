@@ -38,6 +38,7 @@ setuptools.setup(
             "mamlpp-evaluate=mamlpp_tf_scripts.evaluate:run",
             "mamlpp-export=mamlpp_tf_scripts.export:run",
             "mamlpp-benchmark=mamlpp_tf_scripts.benchmark:run",
+            "mamlpp-predict=mamlpp_tf_scripts.predict:run",
         ]
     },
 )
