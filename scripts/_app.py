@@ -1,24 +1,31 @@
 """What the apps share: runtime flags, the request check, exit codes.
 
-Every app first checks the request inside `checking_request()`, which
-writes nothing, and writes only after it. So a refused request changes
-no file, and an error once the work started is a failure, never a
-refusal.
+mamlpp-train, -evaluate, -export and -predict first check the request
+inside `checking_request()`, and write only after it: a refused request
+writes nothing (but the data cache that mamlpp-train may have prepared,
+--tfds_data_dir), and an error once the work has started is a failure,
+never a refusal. (mamlpp-benchmark writes no run directory and checks
+nothing up front: its errors exit 1.)
 
 Exit codes of every app:
   0    done.
   1    absl rejected the command line (an unknown flag, a missing flagfile
        or required flag, a value out of a flag's range): its usage message.
        Or the app failed after accepting the request: training diverged
-       (`max_nonfinite_steps` skipped meta-steps in a row), a checkpoint or
-       the top-k store cannot be read, an I/O or an internal error: the
-       traceback, then one `error:` line that says what to do.
-  2    a refused request, in one `error:` line, with nothing written: the
-       flags parse but contradict each other or name missing data (train);
-       the workdir is not a folder, holds another experiment or has
-       trained more epochs than --total_epochs (train), is not a run
-       directory or has no validated epoch yet (evaluate, export); the
-       export dir is not empty (export).
+       (`max_nonfinite_steps` skipped meta-steps in a row), none of the
+       checkpoints can be read or the top-k store cannot, an I/O or an
+       internal error: the traceback, then one `error:` line that says
+       what to do.
+  2    a refused request, in one `error:` line, nothing written: settings
+       that contradict each other or the strategy (a meta-batch that does
+       not split over the replicas); missing or unusable data (train); a
+       workdir whose config.json is invalid; a workdir that is not a
+       folder, holds another experiment or has trained more epochs than
+       --total_epochs (train), or that is not a run directory or has no
+       validated epoch yet (evaluate, export; no checkpoint for export
+       --weights=latest); a non-empty export dir (export); a model,
+       support or query set or output path that the request cannot use
+       (predict).
   130  stopped by SIGINT; 143 stopped by SIGTERM (128 + the signal). The
        training app saved a checkpoint first: rerun the same command.
 """
