@@ -9,6 +9,19 @@ Example:
   >>> val = episode_dataset(
   ...     splits["val"], config, split="val", num_tasks=NUM_EVAL_TASKS
   ... )
+
+Your own images, one folder per class (see `image_folder`):
+  >>> splits = load_splits(
+  ...     DataConfig(
+  ...         dataset="image_folder",
+  ...         data_dir="my_images",  # train/, val/, test/ of class folders
+  ...         image_size=(28, 28),
+  ...         image_channels=3,
+  ...     ),
+  ...     episode_config=episode_config_for(
+  ...         "image_folder", num_ways=5, num_shots=1, meta_batch_size=8
+  ...     ),  # Optional: checks the folder yields these tasks first.
+  ... )
 """
 
 from mamlpp_tf.data.class_images import ClassImages
