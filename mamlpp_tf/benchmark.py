@@ -178,7 +178,9 @@ def run_benchmark(
     log=print,
 ) -> dict:
     """Times `bench.phase` of `config`; returns the figures as a dict."""
-    runtime = runtime or distribute.RuntimeConfig()
+    runtime = distribute.resolve_parallel_tasks(
+        runtime or distribute.RuntimeConfig(), config.image_shape
+    )
     strategy = distribute.make_strategy(runtime)
     learner = learner_lib.MetaLearner(
         config, strategy=strategy, **distribute.learner_options(runtime)

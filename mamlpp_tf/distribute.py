@@ -43,7 +43,10 @@ class RuntimeConfig:
       mixed_precision: None, or "bfloat16" to run convolutions and matmuls
         in bfloat16 while variables, fast-weight arithmetic, LSLR rates, BN
         statistics and the loss stay float32.
-      parallel_tasks: tasks of a meta-batch in flight at once per replica.
+      parallel_tasks: tasks of a meta-batch in flight at once per replica;
+        None: `default_parallel_tasks` of the images, which the apps and
+        `train_and_evaluate`, `evaluate_workdir` and the benchmark resolve
+        with `resolve_parallel_tasks` (elsewhere None counts as 1).
       intra_op_threads: threads each TensorFlow op may use; None picks
         `cpu_quota.available_cpus() // parallel_tasks` (at least 1) on a
         host without GPUs: the CPUs this process may use (its affinity
@@ -64,7 +67,7 @@ class RuntimeConfig:
     logical_cpu_devices: int | None = None
     jit_compile: bool = False
     mixed_precision: str | None = None
-    parallel_tasks: int = 1
+    parallel_tasks: int | None = None
     intra_op_threads: int | None = None
     per_step_accuracy: bool = False
     fused_batch_norm: bool = False
@@ -103,10 +106,45 @@ class RuntimeConfig:
                 "intra_op_threads must be None (automatic) or >= 1, got "
                 f"{self.intra_op_threads}."
             )
-        if self.parallel_tasks < 1:
+        if self.parallel_tasks is not None and self.parallel_tasks < 1:
             raise ValueError(
-                f"parallel_tasks must be >= 1, got {self.parallel_tasks}."
+                "parallel_tasks must be None (automatic) or >= 1, got "
+                f"{self.parallel_tasks}."
             )
+
+    @property
+    def tasks_in_flight(self) -> int:
+        """`parallel_tasks`, with None (not resolved) counted as 1."""
+        return self.parallel_tasks or 1
+
+
+# Images of at most this many pixels (Omniglot's 28x28) run two tasks in
+# flight by default, larger ones (mini-ImageNet's 84x84) one. A small
+# image's convolutions are too short to keep two threads busy, so two tasks
+# with one thread each are faster; a large image's already use every core,
+# and a second task in flight only doubles the activations held for the
+# outer backward pass (BENCHMARKS.md, "Tasks in flight and the allocator").
+SMALL_IMAGE_PIXELS = 32 * 32
+
+
+def default_parallel_tasks(image_shape) -> int:
+    """Tasks in flight for images of `image_shape` (H, W, C): 2 or 1."""
+    height, width = image_shape[0], image_shape[1]
+    return 2 if height * width <= SMALL_IMAGE_PIXELS else 1
+
+
+def resolve_parallel_tasks(
+    runtime: RuntimeConfig, image_shape
+) -> RuntimeConfig:
+    """`runtime` with parallel_tasks=None replaced by the images' default.
+
+    Call it before `make_strategy`, which sizes the thread pools by it.
+    """
+    if runtime.parallel_tasks is not None:
+        return runtime
+    return dataclasses.replace(
+        runtime, parallel_tasks=default_parallel_tasks(image_shape)
+    )
 
 
 def configure_devices(runtime: RuntimeConfig) -> None:
@@ -131,11 +169,11 @@ def intra_op_threads(runtime: RuntimeConfig) -> int | None:
     """The intra-op thread count `runtime` asks for (None: TF's default)."""
     if runtime.intra_op_threads is not None:
         return runtime.intra_op_threads
-    if runtime.parallel_tasks > 1 and not tf.config.list_physical_devices(
+    if runtime.tasks_in_flight > 1 and not tf.config.list_physical_devices(
         "GPU"
     ):
         cpus = cpu_quota.available_cpus()
-        return max(1, cpus // runtime.parallel_tasks)
+        return max(1, cpus // runtime.tasks_in_flight)
     return None
 
 
@@ -206,7 +244,7 @@ def learner_options(runtime: RuntimeConfig) -> dict:
     strategy, which `make_strategy` builds once per process)."""
     return {
         "jit_compile": runtime.jit_compile,
-        "parallel_tasks": runtime.parallel_tasks,
+        "parallel_tasks": runtime.tasks_in_flight,
         "mixed_precision": runtime.mixed_precision,
         "per_step_accuracy": runtime.per_step_accuracy,
         "fused_batch_norm": runtime.fused_batch_norm,

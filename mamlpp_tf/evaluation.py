@@ -276,7 +276,9 @@ def evaluate_workdir(
             "a run directory. Train first: mamlpp-train --flagfile=... "
             f"--workdir={workdir}"
         )
-    runtime = runtime or distribute.RuntimeConfig()
+    runtime = distribute.resolve_parallel_tasks(
+        runtime or distribute.RuntimeConfig(), config.learner.image_shape
+    )
     if strategy is None:
         strategy = distribute.make_strategy(runtime)
     distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)

@@ -355,7 +355,9 @@ def prepare(
         request).
       OSError, tf.errors.OpError: reading the workdir failed.
     """
-    runtime = runtime or distribute.RuntimeConfig()
+    runtime = distribute.resolve_parallel_tasks(
+        runtime or distribute.RuntimeConfig(), config.learner.image_shape
+    )
     if strategy is None:
         strategy = distribute.make_strategy(runtime)
     workdir = pathlib.Path(workdir)

@@ -104,9 +104,11 @@ def define_runtime_flags():
     )
     parallel_tasks = flags.DEFINE_integer(
         "parallel_tasks",
-        2,
-        "Tasks of a meta-batch in flight at once on each replica (2 ran "
-        "fastest on our 2-core CPU; see BENCHMARKS.md).",
+        None,
+        "Tasks of a meta-batch in flight at once on each replica (unset: 2 "
+        "for images of up to 32x32 pixels, e.g. Omniglot, 1 for larger ones, "
+        "e.g. mini-ImageNet, whose convolutions use every core and whose "
+        "activations would double; see BENCHMARKS.md).",
         lower_bound=1,
     )
     intra_op_threads = flags.DEFINE_integer(

@@ -38,14 +38,11 @@ _NUM_EVAL_INNER_STEPS = flags.DEFINE_integer(
 _RUNTIME_CONFIG = _app.define_runtime_flags()
 
 
-def _check_request(workdir: str, strategy) -> None:
-    """What would refuse the evaluation, checked before anything is written
-    (evaluate_workdir appends to the run's history before it evaluates).
+def _read_config(workdir: str) -> experiment.ExperimentConfig:
+    """The run's experiment (reads a file; runs no TensorFlow op).
 
     Raises:
-      FileNotFoundError, ValueError: not a run directory, or no validated
-        epoch yet, or a meta-batch that does not split over the replicas.
-      checkpointing.UnreadableCheckpointError: a damaged top_k/index.json.
+      FileNotFoundError: not a run directory.
     """
     config = experiment.read_config(workdir)
     if config is None:
@@ -54,6 +51,18 @@ def _check_request(workdir: str, strategy) -> None:
             "run directory. Train first: mamlpp-train --flagfile=... "
             f"--workdir={workdir}"
         )
+    return config
+
+
+def _check_request(workdir: str, config, strategy) -> None:
+    """What would refuse the evaluation, checked before anything is written
+    (evaluate_workdir appends to the run's history before it evaluates).
+
+    Raises:
+      ValueError: no validated epoch yet, or a meta-batch that does not
+        split over the replicas.
+      checkpointing.UnreadableCheckpointError: a damaged top_k/index.json.
+    """
     distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)
     if not checkpointing.read_top_k_entries(workdir):
         raise ValueError(
@@ -67,11 +76,14 @@ def main(argv):
     """Runs the app; `argv` holds no positional arguments (checked)."""
     del argv
     with _app.checking_request():  # Writes nothing.
-        runtime = _RUNTIME_CONFIG()
+        config = _read_config(_WORKDIR.value)
+        runtime = distribute.resolve_parallel_tasks(
+            _RUNTIME_CONFIG(), config.learner.image_shape
+        )
         # Before any TensorFlow op: it may split the CPU into logical
         # devices.
         strategy = distribute.make_strategy(runtime)
-        _check_request(_WORKDIR.value, strategy)
+        _check_request(_WORKDIR.value, config, strategy)
     summary = evaluation.evaluate_workdir(
         _WORKDIR.value,
         split=_SPLIT.value,

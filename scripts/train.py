@@ -351,7 +351,9 @@ def main(argv):
     del argv
     with _app.checking_request():  # Writes nothing.
         config = experiment_config()
-        runtime = runtime_config()
+        runtime = distribute.resolve_parallel_tasks(
+            runtime_config(), config.learner.image_shape
+        )
         # Before any TensorFlow op: it may split the CPU into logical
         # devices.
         strategy = distribute.make_strategy(runtime)

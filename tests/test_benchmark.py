@@ -47,6 +47,8 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["config"]["num_ways"] == 5
     # The app chose the allocator before TensorFlow loaded, and says so.
     assert "TF_CPU_ALLOCATOR_USE_BFC" in figures["allocator_environment"]
+    # 28x28 images: two tasks in flight by default.
+    assert figures["runtime"]["parallel_tasks"] == 2
     assert figures["cpu_user_seconds_per_iteration"] > 0
     assert figures["cpu_system_seconds_per_iteration"] >= 0
     assert figures["minor_page_faults_per_iteration"] >= 0
@@ -109,6 +111,8 @@ def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(output.read_text())
     assert figures["config"]["image_shape"] == [84, 84, 3]
+    # Large images: one task in flight unless --parallel_tasks says more.
+    assert figures["runtime"]["parallel_tasks"] == 1
 
 
 @pytest.mark.parametrize(

@@ -473,3 +473,31 @@ def test_intra_op_threads_is_tensorflows_default_on_gpus_or_one_task(
     )
     with pytest.raises(ValueError, match="intra_op_threads must be None"):
         distribute.RuntimeConfig(intra_op_threads=0)
+
+
+@pytest.mark.parametrize(
+    "image_shape, expected",
+    [
+        ((28, 28, 1), 2),  # Omniglot: 784 pixels.
+        ((32, 32, 3), 2),  # 1,024 pixels, the largest "small" image.
+        ((33, 32, 3), 1),  # 1,056 pixels.
+        ((84, 84, 3), 1),  # mini-ImageNet.
+    ],
+)
+def test_tasks_in_flight_default_to_the_image_size(image_shape, expected):
+    auto = distribute.RuntimeConfig()
+    resolved = distribute.resolve_parallel_tasks(auto, image_shape)
+    assert resolved.parallel_tasks == expected
+    # A value the user set is kept whatever the images.
+    chosen = distribute.RuntimeConfig(parallel_tasks=3)
+    assert distribute.resolve_parallel_tasks(chosen, image_shape) is chosen
+
+
+def test_unresolved_tasks_in_flight_count_as_one(monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
+    auto = distribute.RuntimeConfig()
+    assert auto.tasks_in_flight == 1
+    assert distribute.learner_options(auto)["parallel_tasks"] == 1
+    assert distribute.intra_op_threads(auto) is None
+    with pytest.raises(ValueError, match="None \\(automatic\\) or >= 1"):
+        distribute.RuntimeConfig(parallel_tasks=0)
