@@ -130,8 +130,8 @@ def define_runtime_flags():
         "fused_batch_norm",
         False,
         "Batch norm through TensorFlow's fused kernels: 20% faster meta-steps "
-        "on mini-ImageNet on CPU, but less precise in float32 there (see "
-        "BENCHMARKS.md).",
+        "on mini-ImageNet on CPU; how close their float32 results come to "
+        "the authors' depends on the CPU (README, Fidelity).",
     )
 
     def runtime_config() -> distribute.RuntimeConfig:
