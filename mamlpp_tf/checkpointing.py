@@ -108,6 +108,12 @@ _INT_FIELDS = (
     "num_skipped_steps_in_epoch",
 )
 _FLOAT_FIELDS = ("loss_sum", "accuracy_sum", "seconds")
+# Counters that checkpoints of earlier releases lack: such a checkpoint
+# restores with them at 0 instead of being taken for a damaged one.
+_COUNTERS_ADDED_LATER = (
+    "num_consecutive_skipped_steps",
+    "num_skipped_steps_in_epoch",
+)
 
 
 def _variable_key(path: str) -> str:
@@ -234,7 +240,31 @@ class TrainCheckpoint:
         return None
 
     def _restore(self, path: str) -> None:
-        self._checkpoint.restore(path).assert_existing_objects_matched()
+        stored = {name for name, _ in tf.train.list_variables(path)}
+        missing = [
+            n
+            for n in _COUNTERS_ADDED_LATER
+            if f"progress/{n}/.ATTRIBUTES/VARIABLE_VALUE" not in stored
+        ]
+        if not missing:
+            self._checkpoint.restore(path).assert_existing_objects_matched()
+            return
+        # Written before these counters existed: restore everything it has,
+        # still checking that all of it matched, and start them at 0.
+        for name in missing:
+            self._counters[name].assign(0)
+        present = {
+            n: v for n, v in self._counters.items() if n not in missing
+        }
+        legacy = _weights_checkpoint(
+            self._learner, optimizer=self._learner.optimizer, progress=present
+        )
+        legacy.restore(path).assert_existing_objects_matched()
+        log.info(
+            "Checkpoint %s predates the counters %s; they start at 0.",
+            path,
+            ", ".join(missing),
+        )
 
     def _try_restore(self, path: str) -> str | None:
         """Restores `path`: None, or why it is unreadable.

@@ -115,6 +115,45 @@ def test_the_skipped_steps_in_a_row_carry_over_a_restart(tmp_path):
     assert fresh.num_skipped_steps == 5
 
 
+def test_a_checkpoint_of_the_earlier_release_still_resumes(tmp_path):
+    # Until December 2026 checkpoints held these progress counters only (no
+    # skipped steps in a row or per epoch): runs in flight must resume.
+    saved = _learner(seed=0)
+    _perturb(saved, seed=1)
+    old = {
+        "epoch": tf.Variable(2, dtype=tf.int64),
+        "iteration": tf.Variable(300, dtype=tf.int64),
+        "next_task": tf.Variable(2400, dtype=tf.int64),
+        "num_skipped_steps": tf.Variable(1, dtype=tf.int64),
+        "loss_sum": tf.Variable(12.5, dtype=tf.float64),
+        "accuracy_sum": tf.Variable(250.0, dtype=tf.float64),
+        "seconds": tf.Variable(61.0, dtype=tf.float64),
+    }
+    layout = checkpointing._weights_checkpoint(
+        saved, optimizer=saved.optimizer, progress=old
+    )
+    tf.train.CheckpointManager(
+        layout, str(tmp_path / checkpointing.CHECKPOINT_DIR), max_to_keep=2
+    ).save(checkpoint_number=1300)
+
+    fresh = _learner(seed=5)
+    restored = checkpointing.TrainCheckpoint(
+        fresh, tmp_path, keep=2
+    ).restore_latest()
+
+    assert restored == checkpointing.Progress(
+        epoch=2,
+        iteration=300,
+        next_task=2400,
+        num_skipped_steps=1,
+        loss_sum=12.5,
+        accuracy_sum=250.0,
+        seconds=61.0,
+    )
+    assert fresh.num_consecutive_skipped_steps == 0
+    _assert_same_state(_state(fresh), _state(saved))
+
+
 def test_restore_of_a_new_workdir_is_none(tmp_path):
     checkpoint = checkpointing.TrainCheckpoint(_learner(0), tmp_path, keep=2)
     assert checkpoint.restore_latest() is None
