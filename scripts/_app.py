@@ -1,11 +1,11 @@
 """What the apps share: runtime flags, the request check, exit codes.
 
-mamlpp-train, -evaluate, -export and -predict first check the request
-inside `checking_request()`, and write only after it: a refused request
-writes nothing (but the data cache that mamlpp-train may have prepared,
---tfds_data_dir), and an error once the work has started is a failure,
-never a refusal. (mamlpp-benchmark writes no run directory and checks
-nothing up front: its errors exit 1.)
+mamlpp-train, -evaluate, -export, -predict and -benchmark first check the
+request inside `checking_request()`, and write only after it: a refused
+request writes nothing (but the data cache that mamlpp-train may have
+prepared, --tfds_data_dir), and an error once the work has started is a
+failure, never a refusal. (mamlpp-benchmark writes no run directory: it
+refuses contradictory flags with exit 2 like the others.)
 
 Exit codes of every app:
   0    done.

@@ -50,14 +50,14 @@ def main(argv):
     del argv  # Checked by _app.run.
     if flags.FLAGS.data_dir is None and flags.FLAGS.dataset != "synthetic":
         flags.FLAGS.data_dir = _NO_DATA_DIR
-    config = train_app.experiment_config().learner
-    figures = benchmark.run_benchmark(
-        config,
-        benchmark.BenchmarkConfig(phase=_PHASE.value, steps=_STEPS.value,
-                                  warmup=_WARMUP.value, epoch=_EPOCH.value,
-                                  profile_steps=_PROFILE_STEPS.value),
-        train_app.runtime_config(),
-    )
+    with _app.checking_request():  # Contradictory flags: exit 2.
+        config = train_app.experiment_config().learner
+        bench = benchmark.BenchmarkConfig(
+            phase=_PHASE.value, steps=_STEPS.value, warmup=_WARMUP.value,
+            epoch=_EPOCH.value, profile_steps=_PROFILE_STEPS.value,
+        )
+        runtime = train_app.runtime_config()
+    figures = benchmark.run_benchmark(config, bench, runtime)
     text = json.dumps(figures, indent=2, sort_keys=True)
     print(text)
     if _OUTPUT_JSON.value:

@@ -98,6 +98,19 @@ def test_bad_benchmark_config():
         benchmark.BenchmarkConfig(profile_steps=-1)
 
 
+def test_contradictory_flags_are_a_refused_request():
+    # --msl_epochs does nothing without MSL: refused in one line, exit 2.
+    result = apps.run(
+        "benchmark",
+        f"--flagfile={apps.FLAGS_DIR / 'smoke.cfg'}",
+        "--multi_step_loss=false",
+        "--msl_epochs=3",
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
     # The paper flagfiles name datasets that need --data_dir; the benchmark
     # uses random inputs and must not ask for one.
