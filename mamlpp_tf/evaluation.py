@@ -23,6 +23,7 @@ from mamlpp_tf import data as data_lib
 from mamlpp_tf import distribute
 from mamlpp_tf import experiment
 from mamlpp_tf import learner as learner_lib
+from mamlpp_tf import reporting
 from mamlpp_tf import runtime_history
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,14 @@ def evaluate_workdir(
     )
     if not distribute.is_chief(strategy):
         return summary
+    if split == "test":
+        # The training app writes the run's skipped meta-steps into the
+        # test summary; a re-evaluation keeps them (from metrics.csv).
+        rows = reporting.MetricsCsv(workdir).rows()
+        if rows and "num_skipped_steps" in rows[0]:
+            summary["num_skipped_steps"] = sum(
+                int(r["num_skipped_steps"]) for r in rows
+            )
     path = write_summary(summary, workdir)
     log.info(
         "Wrote %s: %s accuracy %.4f +- %.4f (top-%d ensemble).",

@@ -460,3 +460,19 @@ def test_export_refuses_a_non_empty_export_dir_without_writing(
     assert result.returncode == 2
     assert _files(export_dir) == {pathlib.Path("keep.txt"): b"mine"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
+
+
+def test_re_evaluating_the_test_split_keeps_the_skipped_step_count(
+    short_run, tmp_path
+):
+    workdir, _ = _copy(short_run, tmp_path)
+    metrics = workdir / "metrics.csv"
+    header, *rows = metrics.read_text().splitlines()
+    column = header.split(",").index("num_skipped_steps")
+    cells = rows[0].split(",")
+    cells[column] = "2"  # As if epoch 0 had skipped two meta-steps.
+    metrics.write_text("\n".join([header, ",".join(cells), *rows[1:]]) + "\n")
+    result = apps.run("evaluate", f"--workdir={workdir}")
+    assert result.returncode == 0, apps.describe(result)
+    summary = json.loads((workdir / "test_summary.json").read_text())
+    assert summary["num_skipped_steps"] == 2
