@@ -10,7 +10,8 @@
 # one task in flight, two tasks in flight, and with glibc's malloc instead
 # of TensorFlow's BFC allocator.
 #
-#   bash scripts/run_side_by_side.sh OUT_DIR AUTHORS_DIR TORCH_PYTHON [STEPS]
+#   [ONLY="mini_imagenet_5way_1shot ..."] \
+#     bash scripts/run_side_by_side.sh OUT_DIR AUTHORS_DIR TORCH_PYTHON [STEPS]
 #
 # AUTHORS_DIR: a checkout of AntreasAntoniou/HowToTrainYourMAMLPytorch;
 # TORCH_PYTHON: a Python with torch, numpy and absl-py (not TensorFlow).
@@ -30,14 +31,22 @@ STEPS=${4:-3}
 mkdir -p "$OUT"
 
 # Our flagfile | the authors' experiment config (seed 0).
-CONFIGS=(
-  "omniglot_5way_1shot|omniglot_maml++-omniglot_1_8_0.1_64_5_0"
-  "omniglot_5way_5shot|omniglot_maml++-omniglot_5_8_0.1_64_5_0"
-  "omniglot_20way_1shot|omniglot_maml++-omniglot_1_8_0.1_64_20_0"
-  "omniglot_20way_5shot|omniglot_maml++-omniglot_5_8_0.1_64_20_0"
+# The most used first, so that a stopped run has measured them;
+# ONLY="name ..." in the environment picks a subset by our names.
+ALL_CONFIGS=(
   "mini_imagenet_5way_1shot|mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0"
+  "omniglot_5way_1shot|omniglot_maml++-omniglot_1_8_0.1_64_5_0"
+  "omniglot_20way_1shot|omniglot_maml++-omniglot_1_8_0.1_64_20_0"
+  "omniglot_5way_5shot|omniglot_maml++-omniglot_5_8_0.1_64_5_0"
   "mini_imagenet_5way_5shot|mini-imagenet_maml++-mini-imagenet_5_2_0.01_48_5_0"
+  "omniglot_20way_5shot|omniglot_maml++-omniglot_5_8_0.1_64_20_0"
 )
+CONFIGS=()
+for pair in "${ALL_CONFIGS[@]}"; do
+  if [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" ${pair%%|*} "* ]]; then
+    CONFIGS+=("$pair")
+  fi
+done
 PHASES=("train_msl|--phase=train --epoch=0"
         "train_no_msl|--phase=train --epoch=20"
         "eval|--phase=eval")
@@ -69,6 +78,7 @@ done
 # What holds the peak on the large configurations: tasks in flight and the
 # allocator's pool, training at epoch 0 (the peak of a run).
 for exp in mini_imagenet_5way_1shot mini_imagenet_5way_5shot omniglot_20way_5shot; do
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $exp "* ]]; then continue; fi
   for tasks in 1 2; do
     measure "${exp}_train_msl_ours+tasks${tasks}" mamlpp-benchmark \
       --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup=1 \
