@@ -48,6 +48,13 @@ def speed_table(folder: pathlib.Path) -> str:
         for phase, phase_label in PHASES:
             ours = _load(folder, f"{exp}_{phase}_ours")
             theirs = _load(folder, f"{exp}_{phase}_authors")
+            if ours is None and theirs is None and not any(
+                (folder / f"{exp}_{phase}_{who}.log").exists()
+                for who in ("ours", "authors")
+            ):
+                lines.append(f"| {label} | {phase_label} | not run yet "
+                             "| | | | | |")
+                continue
             if ours is None or theirs is None:
                 missing = "ours" if ours is None else "authors'"
                 cells = [
