@@ -330,11 +330,14 @@ def evaluate_workdir(
     if split == "test":
         # The training app writes the run's skipped meta-steps into the
         # test summary; a re-evaluation keeps them (from metrics.csv).
-        rows = reporting.MetricsCsv(workdir).rows()
-        if rows and "num_skipped_steps" in rows[0]:
-            summary["num_skipped_steps"] = sum(
-                int(r["num_skipped_steps"]) for r in rows
-            )
+        # Epochs trained before the column existed have it empty: their
+        # count is unknown, so no total is claimed then.
+        counts = [
+            r.get("num_skipped_steps")
+            for r in reporting.MetricsCsv(workdir).rows()
+        ]
+        if counts and all(counts):
+            summary["num_skipped_steps"] = sum(map(int, counts))
     path = write_summary(summary, workdir)
     log.info(
         "Wrote %s: %s accuracy %.4f +- %.4f (top-%d ensemble).",

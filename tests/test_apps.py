@@ -476,3 +476,10 @@ def test_re_evaluating_the_test_split_keeps_the_skipped_step_count(
     assert result.returncode == 0, apps.describe(result)
     summary = json.loads((workdir / "test_summary.json").read_text())
     assert summary["num_skipped_steps"] == 2
+    # An epoch trained before the column existed (empty): no total claimed.
+    cells[column] = ""
+    metrics.write_text("\n".join([header, ",".join(cells), *rows[1:]]) + "\n")
+    result = apps.run("evaluate", f"--workdir={workdir}")
+    assert result.returncode == 0, apps.describe(result)
+    summary = json.loads((workdir / "test_summary.json").read_text())
+    assert "num_skipped_steps" not in summary
