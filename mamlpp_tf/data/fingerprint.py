@@ -1,9 +1,11 @@
-"""A fingerprint of a source's files, which keys its prepared TFDS data."""
+"""A source's files: listing a folder, and the fingerprint that keys the
+prepared TFDS data."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 
 
 def fingerprint(classes) -> str:
@@ -25,3 +27,12 @@ def fingerprint(classes) -> str:
                 f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
             )
     return digest.hexdigest()
+
+
+def visible_entries(folder: pathlib.Path) -> list[os.DirEntry]:
+    """Entries of `folder` sorted by name, without hidden ones (.DS_Store)."""
+    with os.scandir(folder) as entries:
+        return sorted(
+            (e for e in entries if not e.name.startswith(".")),
+            key=lambda e: e.name,
+        )

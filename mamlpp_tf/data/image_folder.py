@@ -56,14 +56,6 @@ class FolderClass:
     files: tuple[str, ...]
 
 
-def _visible_entries(folder: pathlib.Path) -> list[os.DirEntry]:
-    """Entries of `folder` sorted by name, without hidden ones."""
-    with os.scandir(folder) as entries:
-        return sorted(
-            (e for e in entries if not e.name.startswith(".")),
-            key=lambda e: e.name,
-        )
-
 
 def _named(items, count: int | None = None) -> str:
     """'a', 'b', ... and N more: the first NUM_NAMED of `items`."""
@@ -83,14 +75,14 @@ def _scan_classes(folder: pathlib.Path) -> list[FolderClass]:
         holds a folder, or an empty class folder.
     """
     classes, empty = [], []
-    for entry in _visible_entries(folder):
+    for entry in fingerprint_lib.visible_entries(folder):
         if not entry.is_dir():
             raise ValueError(
                 f"Unexpected file {entry.path!r}: {str(folder)!r} must hold "
                 f"only class folders. Move it out. {LAYOUT_HELP}"
             )
         files = []
-        for item in _visible_entries(pathlib.Path(entry.path)):
+        for item in fingerprint_lib.visible_entries(pathlib.Path(entry.path)):
             if not item.is_file():
                 raise ValueError(
                     f"Unexpected {item.path!r}: a class folder holds only "
@@ -126,7 +118,7 @@ def detect_layout(root: pathlib.Path, split_fractions) -> str:
             f"Image folder data_dir {str(root)!r} does not exist or is not a "
             f"folder. {LAYOUT_HELP}"
         )
-    found = [e.name for e in _visible_entries(root)]
+    found = [e.name for e in fingerprint_lib.visible_entries(root)]
     if not found:
         raise FileNotFoundError(
             f"Image folder data_dir {str(root)!r} is empty. {LAYOUT_HELP}"

@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 
 from mamlpp_tf.data import config as config_lib
+from mamlpp_tf.data import fingerprint as fingerprint_lib
 from mamlpp_tf.data import preprocessing
 
 BACKGROUND = "images_background"
@@ -73,14 +74,6 @@ class OmniglotClass:
         return self.name.split("/")[0]
 
 
-def _visible_entries(folder: pathlib.Path) -> list[os.DirEntry]:
-    """Entries of `folder` sorted by name, without hidden files (.DS_Store)."""
-    with os.scandir(folder) as entries:
-        return sorted(
-            (e for e in entries if not e.name.startswith(".")),
-            key=lambda e: e.name,
-        )
-
 
 def _check_root(root: pathlib.Path) -> None:
     if not root.is_dir():
@@ -88,7 +81,7 @@ def _check_root(root: pathlib.Path) -> None:
             f"Omniglot data_dir {str(root)!r} does not exist or is not a "
             f"folder. {LAYOUT_HELP}"
         )
-    found = [e.name for e in _visible_entries(root)]
+    found = [e.name for e in fingerprint_lib.visible_entries(root)]
     if not found:
         raise FileNotFoundError(
             f"Omniglot data_dir {str(root)!r} is empty. {LAYOUT_HELP}"
@@ -106,7 +99,7 @@ def _check_root(root: pathlib.Path) -> None:
 
 def _scan_character(folder: pathlib.Path, name: str, subset: str):
     files = []
-    for entry in _visible_entries(folder):
+    for entry in fingerprint_lib.visible_entries(folder):
         if not (entry.is_file() and entry.name.lower().endswith(".png")):
             raise ValueError(
                 f"Unexpected {entry.path!r}: Omniglot character folders hold "
@@ -136,13 +129,13 @@ def find_classes(subset_dirs: dict[str, pathlib.Path]) -> list[OmniglotClass]:
     classes = []
     for subset in SUBSETS:
         subset_dir = subset_dirs[subset]
-        alphabets = _visible_entries(subset_dir)
+        alphabets = fingerprint_lib.visible_entries(subset_dir)
         if not alphabets:
             raise FileNotFoundError(
                 f"Omniglot folder {str(subset_dir)!r} is empty. {LAYOUT_HELP}"
             )
         for alphabet in alphabets:
-            characters = alphabet.is_dir() and _visible_entries(
+            characters = alphabet.is_dir() and fingerprint_lib.visible_entries(
                 pathlib.Path(alphabet.path)
             )
             if not characters:
