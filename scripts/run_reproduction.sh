@@ -7,6 +7,7 @@
 #
 #   bash scripts/run_reproduction.sh RESULTS_DIR [ROW ...]   # default: all
 #   bash scripts/run_reproduction.sh --list                  # rows, commands
+#   bash scripts/run_reproduction.sh --args ROW              # a row's flags
 #
 # Rows run one after the other, in the order given. A row whose run
 # directory has test_summary.json is done and skipped; any other row is
@@ -66,6 +67,17 @@ if [ "${1:-}" = "--list" ]; then
     echo "$name: ${TRAIN[*]} --flagfile=$flagfile --data_dir=$DATA_DIR" \
       "--workdir=RESULTS_DIR/$name $overrides"
   done
+  exit 0
+fi
+if [ "${1:-}" = "--args" ]; then  # One flag per line, for other scripts.
+  if [ $# -ne 2 ] || ! fields=$(row_fields "$2"); then
+    echo "error: --args takes one row name; bash $0 --list shows the rows" >&2
+    exit 2
+  fi
+  IFS="|" read -r flagfile overrides <<<"$fields"
+  echo "--flagfile=$flagfile"
+  # shellcheck disable=SC2086  # The overrides are words by design.
+  printf '%s\n' $overrides
   exit 0
 fi
 if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then

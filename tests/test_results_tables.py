@@ -1,0 +1,112 @@
+"""The README Results tooling: row flags, the ablation timings, the tables.
+
+The tables are checked on made-up run directories against figures worked
+out by hand, so a wrong spread or a wrong overlap rule fails.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from mamlpp_tf_scripts import results_tables
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _finished(workdir: pathlib.Path, mean: float, ci95: float) -> None:
+    workdir.mkdir(parents=True)
+    (workdir / "test_summary.json").write_text(json.dumps({
+        "test_accuracy_mean": mean,
+        "test_accuracy_ci95": ci95,
+        "single_best_accuracy_mean": mean,
+        "single_best_accuracy_ci95": ci95,
+        "single_best_epoch": 3,
+    }))
+
+
+def test_row_flags_are_the_flagfile_and_its_overrides():
+    out = subprocess.run(
+        ["bash", str(SCRIPTS / "run_reproduction.sh"), "--args",
+         "ablation_bn_lslr"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert out == [
+        "--flagfile=flags/maml_omniglot_5way_1shot.cfg",
+        "--total_epochs=4",
+        "--iterations_per_epoch=500",
+        "--seed=0",
+        "--per_step_bn_statistics=true",
+        "--per_step_bn_weights=true",
+        "--learn_inner_lr=true",
+    ]
+
+
+def test_an_unknown_row_is_refused_with_exit_2():
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "run_reproduction.sh"), "--args", "nope"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "--list shows the rows" in result.stderr
+
+
+def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
+    # A stand-in benchmark that records its arguments as the JSON figures.
+    fake = tmp_path / "fake_benchmark.py"
+    fake.write_text(
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "out = [a for a in args if a.startswith('--output_json=')][0]\n"
+        "json.dump({'seconds_per_iteration': 1.5, 'args': args},\n"
+        "          open(out.split('=', 1)[1], 'w'))\n"
+    )
+    out = tmp_path / "timings"
+    subprocess.run(
+        ["bash", str(SCRIPTS / "run_ablation_timings.sh"), str(out), "4"],
+        capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin",
+             "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"},
+    )
+    rows = sorted(p.stem for p in out.glob("*.json"))
+    assert rows == sorted(row for row, _ in results_tables.ABLATION)
+    da = json.loads((out / "ablation_mamlpp_da.json").read_text())["args"]
+    assert "--flagfile=flags/maml++_omniglot_5way_1shot.cfg" in da
+    assert "--first_order_to_second_order_epoch=1" in da
+    assert {"--phase=train", "--epoch=0", "--steps=4"} <= set(da)
+    bn = json.loads((out / "ablation_bn.json").read_text())["args"]
+    assert "--per_step_bn_weights=true" in bn
+    assert "--learn_inner_lr=true" not in bn
+
+
+def test_seed_table_spread_is_the_sample_std_over_seeds(tmp_path):
+    for seed, (plus, plain) in enumerate(
+        [(0.958, 0.940), (0.964, 0.965), (0.952, 0.930)]
+    ):
+        _finished(tmp_path / f"mamlpp_5w1s_s{seed}", plus, 0.008)
+        _finished(tmp_path / f"maml_5w1s_s{seed}", plain, 0.009)
+    table = results_tables.seed_table(tmp_path)
+    # MAML++: mean 95.80, deviations 0, +0.6, -0.6 -> std sqrt(0.72/2) = 0.6.
+    assert "| 95.80 ± 0.60% |" in table
+    # MAML: mean 94.50, deviations -0.5, +2, -1.5 -> sqrt(6.5/2) = 1.803.
+    assert "| 94.50 ± 1.80% |" in table
+    assert "MAML++ beats MAML on 2 of 3 seeds" in table
+
+
+def test_ablation_names_neighbours_within_each_others_intervals(tmp_path):
+    figures = {
+        "maml_5w1s_s0": (0.900, 0.010),  # [0.890, 0.910]
+        "ablation_bn": (0.905, 0.010),  # [0.895, 0.915]: overlaps MAML
+        "ablation_bn_lslr": (0.950, 0.010),  # [0.940, 0.960]: apart
+        "ablation_bn_lslr_msl": (0.955, 0.010),  # overlaps + LSLR
+        "mamlpp_5w1s_s0": (0.958, 0.008),  # overlaps + MSL
+        "ablation_mamlpp_da": (0.970, 0.002),  # [0.968, 0.972]: apart
+    }
+    for row, (mean, ci) in figures.items():
+        _finished(tmp_path / row, mean, ci)
+    table = results_tables.ablation_table(tmp_path, None)
+    assert table.splitlines()[-1] == (
+        "Within each other's intervals (not ranked): MAML / + BNWB + BNRS; "
+        "+ LSLR / + MSL; + MSL / + CA (= MAML++, the flagfile)."
+    )
+    assert "| + LSLR | 95.00 ± 1.00% |" in table
