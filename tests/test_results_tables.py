@@ -16,20 +16,30 @@ SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
 def _finished(workdir: pathlib.Path, mean: float, ci95: float) -> None:
     workdir.mkdir(parents=True)
-    (workdir / "test_summary.json").write_text(json.dumps({
-        "test_accuracy_mean": mean,
-        "test_accuracy_ci95": ci95,
-        "single_best_accuracy_mean": mean,
-        "single_best_accuracy_ci95": ci95,
-        "single_best_epoch": 3,
-    }))
+    (workdir / "test_summary.json").write_text(
+        json.dumps(
+            {
+                "test_accuracy_mean": mean,
+                "test_accuracy_ci95": ci95,
+                "single_best_accuracy_mean": mean,
+                "single_best_accuracy_ci95": ci95,
+                "single_best_epoch": 3,
+            }
+        )
+    )
 
 
 def test_row_flags_are_the_flagfile_and_its_overrides():
     out = subprocess.run(
-        ["bash", str(SCRIPTS / "run_reproduction.sh"), "--args",
-         "ablation_bn_lslr"],
-        capture_output=True, text=True, check=True,
+        [
+            "bash",
+            str(SCRIPTS / "run_reproduction.sh"),
+            "--args",
+            "ablation_bn_lslr",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == [
         "--flagfile=flags/maml_omniglot_5way_1shot.cfg",
@@ -45,7 +55,9 @@ def test_row_flags_are_the_flagfile_and_its_overrides():
 def test_an_unknown_row_is_refused_with_exit_2():
     result = subprocess.run(
         ["bash", str(SCRIPTS / "run_reproduction.sh"), "--args", "nope"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "--list shows the rows" in result.stderr
@@ -64,9 +76,13 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
     out = tmp_path / "timings"
     subprocess.run(
         ["bash", str(SCRIPTS / "run_ablation_timings.sh"), str(out), "4"],
-        capture_output=True, text=True, check=True,
-        env={"PATH": "/usr/bin:/bin",
-             "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MAMLPP_BENCHMARK": f"{sys.executable} {fake}",
+        },
     )
     rows = sorted(p.stem for p in out.glob("*.json"))
     assert rows == sorted(row for row, _ in results_tables.ABLATION)
