@@ -7,8 +7,9 @@
 Reads the same flags as mamlpp-train (the flagfile's data flags are parsed
 but no data is read). Prints trace_seconds (trace plus compile: the first
 call, which also runs one step, minus a steady step), first_call_seconds,
-seconds_per_iteration (median of --steps), iterations_per_second and
-peak_rss_bytes.
+seconds_per_iteration (median of --steps), iterations_per_second,
+peak_rss_bytes, and import_rss_bytes (the process once TensorFlow is
+imported, before the model is built: TensorFlow's own share of the peak).
 """
 
 import json

@@ -144,6 +144,9 @@ def main(argv):
         )
     import torch
 
+    # PyTorch's own footprint once imported, before their code builds
+    # anything: the counterpart of our import_rss_bytes.
+    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     model, args = _authors_model(authors_dir, config_path)
     batch = _random_batch(args)
 
@@ -184,6 +187,7 @@ def main(argv):
         "iteration_seconds": times,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         * 1024,
+        "import_rss_bytes": import_rss,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": f"CPU: {_cpu_name()}, {os.cpu_count()} cores",

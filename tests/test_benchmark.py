@@ -14,6 +14,7 @@ FIGURES = {
     "iterations_per_second",
     "peak_rss_bytes",
     "setup_rss_bytes",
+    "import_rss_bytes",
     "first_call_seconds",
     "device",
     "tensorflow_version",
@@ -40,6 +41,7 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
         1 / figures["seconds_per_iteration"], rel=1e-2)
     assert figures["peak_rss_bytes"] > 100e6  # TensorFlow alone is more.
     assert 100e6 < figures["setup_rss_bytes"] <= figures["peak_rss_bytes"]
+    assert 100e6 < figures["import_rss_bytes"] <= figures["peak_rss_bytes"]
     assert 0 <= figures["trace_seconds"] < figures["first_call_seconds"]
     # smoke.cfg: first order in epoch 0 (DA), MSL on.
     assert figures["second_order"] is False
