@@ -28,7 +28,7 @@ setuptools.setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
         # scripts/plot_learning_curves.py only.
         "plots": ["matplotlib>=3.7"],
     },
