@@ -202,6 +202,9 @@ def run_benchmark(
     start = time.perf_counter()
     step()
     first_call_seconds = time.perf_counter() - start
+    # Whether the peak is set while the graph is traced and optimised (a
+    # one-off) or by the steady steps.
+    first_call_peak_rss = _peak_rss_bytes()
     log(f"traced and ran the first {bench.phase} step in "
         f"{first_call_seconds:.1f} s")
     for _ in range(bench.warmup):
@@ -261,6 +264,7 @@ def run_benchmark(
         },
         "peak_rss_bytes": _peak_rss_bytes(),
         "setup_rss_bytes": setup_rss,
+        "first_call_peak_rss_bytes": first_call_peak_rss,
         "import_rss_bytes": import_rss,
         "steps": bench.steps,
         "device": _device_name(),

@@ -15,6 +15,7 @@ FIGURES = {
     "peak_rss_bytes",
     "setup_rss_bytes",
     "import_rss_bytes",
+    "first_call_peak_rss_bytes",
     "first_call_seconds",
     "device",
     "tensorflow_version",
@@ -42,6 +43,11 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["peak_rss_bytes"] > 100e6  # TensorFlow alone is more.
     assert 100e6 < figures["setup_rss_bytes"] <= figures["peak_rss_bytes"]
     assert 100e6 < figures["import_rss_bytes"] <= figures["peak_rss_bytes"]
+    assert (
+        figures["setup_rss_bytes"]
+        <= figures["first_call_peak_rss_bytes"]
+        <= figures["peak_rss_bytes"]
+    )
     assert 0 <= figures["trace_seconds"] < figures["first_call_seconds"]
     # smoke.cfg: first order in epoch 0 (DA), MSL on.
     assert figures["second_order"] is False
