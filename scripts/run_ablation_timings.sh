@@ -7,7 +7,13 @@
 # which `python scripts/results_tables.py --results=... --timings=OUT_DIR`
 # puts in the table.
 #
-#   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS]
+#   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS]
+#
+# ROUNDS (default 1) passes over all the rows, one row after the other in
+# each pass, so that a slow spell of the machine hits every row alike; each
+# pass writes `<row>.round<K>.json`, and `<row>.json` gets the figures of
+# the pass with the median seconds_per_iteration. Round files of an earlier
+# call in OUT_DIR are deleted first, so they never mix into the median.
 #
 # The training runs' own wall times are not used: they share the machine
 # with other work. Nothing else may run meanwhile (pause a training run with
@@ -15,30 +21,63 @@
 # command (default mamlpp-benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 1 ] || [ $# -gt 2 ] || [ "${1:0:1}" = "-" ]; then
-  echo "usage: $0 OUT_DIR [STEPS]" >&2
+if [ $# -lt 1 ] || [ $# -gt 3 ] || [ "${1:0:1}" = "-" ]; then
+  echo "usage: $0 OUT_DIR [STEPS] [ROUNDS]" >&2
   exit 2
 fi
 OUT=$1
 STEPS=${2:-10}
+ROUNDS=${3:-1}
+if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: STEPS and ROUNDS are positive integers, got $STEPS $ROUNDS" >&2
+  exit 2
+fi
 read -r -a BENCHMARK <<<"${MAMLPP_BENCHMARK:-mamlpp-benchmark}"
 # The rows of results_tables.py's ABLATION, in the paper's order.
 ROWS=(maml_5w1s_s0 ablation_bn ablation_bn_lslr ablation_bn_lslr_msl
       mamlpp_5w1s_s0 ablation_mamlpp_da)
 mkdir -p "$OUT"
 
-status=0
 for row in "${ROWS[@]}"; do
-  mapfile -t args < <(bash scripts/run_reproduction.sh --args "$row")
-  command=("${BENCHMARK[@]}" "${args[@]}" --phase=train --epoch=0
-    "--steps=$STEPS" --warmup=2 "--output_json=$OUT/$row.json")
-  echo "== $row: ${command[*]}"
-  if ! "${command[@]}" >"$OUT/$row.log" 2>&1; then
-    echo "failed: see $OUT/$row.log" >&2
-    tail -5 "$OUT/$row.log" >&2
-    status=1
-    continue
-  fi
-  grep -E "seconds_per_iteration|peak_rss" "$OUT/$row.log" || true
+  rm -f "$OUT/$row".round*.json "$OUT/$row".round*.log
+done
+
+status=0
+for round in $(seq 1 "$ROUNDS"); do
+  for row in "${ROWS[@]}"; do
+    mapfile -t args < <(bash scripts/run_reproduction.sh --args "$row")
+    name="$row.round$round"
+    command=("${BENCHMARK[@]}" "${args[@]}" --phase=train --epoch=0
+      "--steps=$STEPS" --warmup=2 "--output_json=$OUT/$name.json")
+    echo "== $name: ${command[*]}"
+    if ! "${command[@]}" >"$OUT/$name.log" 2>&1; then
+      echo "failed: see $OUT/$name.log" >&2
+      tail -5 "$OUT/$name.log" >&2
+      status=1
+      continue
+    fi
+    grep -E "seconds_per_iteration|peak_rss" "$OUT/$name.log" || true
+  done
+done
+# <row>.json: the round with the median time (the lower middle one for an
+# even count), the figures of one real measurement rather than a blend.
+for row in "${ROWS[@]}"; do
+  python3 - "$OUT" "$row" <<'PY' || status=1
+import json, pathlib, sys
+out, row = pathlib.Path(sys.argv[1]), sys.argv[2]
+runs = sorted(
+    (json.loads(p.read_text()) for p in out.glob(f"{row}.round*.json")),
+    key=lambda figures: figures["seconds_per_iteration"],
+)
+if not runs:
+    sys.exit(f"error: no round of {row} succeeded; see {out}/{row}.round*.log")
+median = dict(runs[(len(runs) - 1) // 2])
+median["rounds_seconds_per_iteration"] = [
+    figures["seconds_per_iteration"] for figures in runs
+]
+(out / f"{row}.json").write_text(json.dumps(median, indent=2, sort_keys=True))
+print(f"{row}: {median['seconds_per_iteration']} s per meta-step "
+      f"(median of {len(runs)}: {median['rounds_seconds_per_iteration']})")
+PY
 done
 exit $status

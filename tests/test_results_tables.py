@@ -5,6 +5,7 @@ out by hand, so a wrong spread or a wrong overlap rule fails.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -64,35 +65,44 @@ def test_an_unknown_row_is_refused_with_exit_2():
 
 
 def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
-    # A stand-in benchmark that records its arguments as the JSON figures.
+    # A stand-in benchmark that records its arguments as the JSON figures;
+    # its time is 3.0, 1.0, 2.0 s in rounds 1, 2, 3 (6 rows per round).
     fake = tmp_path / "fake_benchmark.py"
+    counter = tmp_path / "calls"
     fake.write_text(
-        "import json, sys\n"
+        "import json, pathlib, sys\n"
+        f"counter = pathlib.Path({str(counter)!r})\n"
+        "calls = int(counter.read_text()) if counter.exists() else 0\n"
+        "counter.write_text(str(calls + 1))\n"
         "args = sys.argv[1:]\n"
         "out = [a for a in args if a.startswith('--output_json=')][0]\n"
-        "json.dump({'seconds_per_iteration': 1.5, 'args': args},\n"
+        "seconds = [3.0, 1.0, 2.0][calls // 6]\n"
+        "json.dump({'seconds_per_iteration': seconds, 'args': args},\n"
         "          open(out.split('=', 1)[1], 'w'))\n"
     )
     out = tmp_path / "timings"
+    out.mkdir()
+    (out / "ablation_bn.round4.json").write_text("{}")  # An earlier call's.
     subprocess.run(
-        ["bash", str(SCRIPTS / "run_ablation_timings.sh"), str(out), "4"],
+        ["bash", str(SCRIPTS / "run_ablation_timings.sh"), str(out), "4", "3"],
         capture_output=True,
         text=True,
         check=True,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "MAMLPP_BENCHMARK": f"{sys.executable} {fake}",
-        },
+        env={**os.environ, "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"},
     )
-    rows = sorted(p.stem for p in out.glob("*.json"))
-    assert rows == sorted(row for row, _ in results_tables.ABLATION)
+    rows = sorted(p.name for p in out.glob("*.json") if ".round" not in p.name)
+    assert rows == sorted(f"{row}.json" for row, _ in results_tables.ABLATION)
+    assert not (out / "ablation_bn.round4.json").exists()
+    bn = json.loads((out / "ablation_bn.json").read_text())
+    assert bn["seconds_per_iteration"] == 2.0  # The median round.
+    assert bn["rounds_seconds_per_iteration"] == [1.0, 2.0, 3.0]
+    assert "--per_step_bn_weights=true" in bn["args"]
+    assert "--learn_inner_lr=true" not in bn["args"]
     da = json.loads((out / "ablation_mamlpp_da.json").read_text())["args"]
     assert "--flagfile=flags/maml++_omniglot_5way_1shot.cfg" in da
     assert "--first_order_to_second_order_epoch=1" in da
     assert {"--phase=train", "--epoch=0", "--steps=4"} <= set(da)
-    bn = json.loads((out / "ablation_bn.json").read_text())["args"]
-    assert "--per_step_bn_weights=true" in bn
-    assert "--learn_inner_lr=true" not in bn
+    assert results_tables._seconds_per_step(out, "ablation_bn") == "2.000 s"
 
 
 def test_seed_table_spread_is_the_sample_std_over_seeds(tmp_path):
