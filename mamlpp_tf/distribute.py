@@ -123,10 +123,10 @@ class RuntimeConfig:
 # image's convolutions are too short to keep two threads busy, so two tasks
 # with one thread each are much faster; a large image's keep both cores
 # busy, and a second task in flight holds a second set of activations for
-# the outer backward pass for a small gain. Measured on mini-ImageNet 5w1s
-# (BENCHMARKS.md): 9.75 s and 3.16 GB with one task, 8.93 s and 3.73 GB
-# with two. The default favours memory there (5-shot holds 5x the support
-# activations); --parallel_tasks=2 takes the 9%.
+# the outer backward pass for a small gain. Measured (BENCHMARKS.md):
+# mini-ImageNet 5w1s 9.75 s and 3.16 GB with one task, 8.93 s and 3.73 GB
+# with two; 5w5s 15.37 s and 4.41 GB with one, 13.31 s and 11.15 GB with
+# two, above the authors' 8.26 GB. So the default is one task there.
 SMALL_IMAGE_PIXELS = 32 * 32
 
 
