@@ -18,10 +18,13 @@ Adam) or `run_validation_iter(batch)` (eval), as their `ExperimentBuilder`
 calls them. MSL applies while `epoch < multi_step_loss_num_epochs`, so
 `--epoch=20` times training without MSL, as `mamlpp-benchmark --epoch=20`
 does. Timing and memory: the median of `--steps` iterations after the first
-(untimed) and `--warmup` more; peak RSS is the process's high-water mark.
+(untimed) and `--warmup` more; peak RSS is the process's high-water mark,
+and peak_anon_bytes its private part without the shared libraries' pages,
+sampled as ours samples it (mamlpp_tf/process_memory.py).
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -132,6 +135,21 @@ def _cpu_name() -> str:
     return f"{model} ({isa})" if isa else model
 
 
+def _load_process_memory():
+    """mamlpp_tf/process_memory.py, loaded by path: the package imports
+    TensorFlow, which this Python need not have (the module itself uses only
+    the standard library)."""
+    path = (
+        pathlib.Path(__file__).resolve().parent.parent
+        / "mamlpp_tf"
+        / "process_memory.py"
+    )
+    spec = importlib.util.spec_from_file_location("_process_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -147,6 +165,9 @@ def main(argv):
     # PyTorch's own footprint once imported, before their code builds
     # anything: the counterpart of our import_rss_bytes.
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    process_memory = _load_process_memory()
+    import_anon = (process_memory.read_statm() or (None, None))[1]
+    sampler = process_memory.PeakSampler().start()
     model, args = _authors_model(authors_dir, config_path)
     batch = _random_batch(args)
 
@@ -167,6 +188,7 @@ def main(argv):
         step()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    sampler.stop()
     figures = {
         "implementation": "authors' PyTorch (HowToTrainYourMAMLPytorch)",
         "config": _CONFIG.value,
@@ -188,6 +210,11 @@ def main(argv):
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         * 1024,
         "import_rss_bytes": import_rss,
+        # The anonymous (private) part of the resident set, sampled by the
+        # same code as ours (mamlpp_tf/process_memory.py).
+        "peak_anon_bytes": sampler.peak_anon_bytes,
+        "import_anon_bytes": import_anon,
+        "sampled_peak_rss_bytes": sampler.peak_rss_bytes,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": f"CPU: {_cpu_name()}, {os.cpu_count()} cores",

@@ -10,8 +10,12 @@
 # one task in flight, two tasks in flight, and with glibc's malloc instead
 # of TensorFlow's BFC allocator.
 #
-#   [ONLY="mini_imagenet_5way_1shot ..."] \
+#   [ONLY="mini_imagenet_5way_1shot ..."] [WARMUP=1] [MEMORY_OPTIONS=1] \
 #     bash scripts/run_side_by_side.sh OUT_DIR AUTHORS_DIR TORCH_PYTHON [STEPS]
+#
+# A memory-only pass (peaks are reached in the first call; the speeds of
+# one step are not figures to quote) skips the warm-up and the options:
+#   WARMUP=0 MEMORY_OPTIONS=0 bash scripts/run_side_by_side.sh OUT AUTH PY 1
 #
 # AUTHORS_DIR: a checkout of AntreasAntoniou/HowToTrainYourMAMLPytorch;
 # TORCH_PYTHON: a Python with torch, numpy and absl-py (not TensorFlow).
@@ -28,6 +32,8 @@ OUT=$1
 AUTHORS=$2
 TORCH_PYTHON=$3
 STEPS=${4:-3}
+WARMUP=${WARMUP:-1}
+MEMORY_OPTIONS=${MEMORY_OPTIONS:-1}
 mkdir -p "$OUT"
 
 # Our flagfile | the authors' experiment config (seed 0).
@@ -67,25 +73,26 @@ for pair in "${CONFIGS[@]}"; do
     IFS="|" read -r tag args <<<"$phase"
     # shellcheck disable=SC2086  # $args are words by design.
     measure "${exp}_${tag}_ours" mamlpp-benchmark \
-      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup=1 $args
+      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup="$WARMUP" $args
     # shellcheck disable=SC2086
     measure "${exp}_${tag}_authors" "$TORCH_PYTHON" \
       scripts/benchmark_authors.py --authors_dir="$AUTHORS" \
-      --config="$theirs" --steps="$STEPS" --warmup=1 $args
+      --config="$theirs" --steps="$STEPS" --warmup="$WARMUP" $args
   done
 done
 
 # What holds the peak on the large configurations: tasks in flight and the
 # allocator's pool, training at epoch 0 (the peak of a run).
 for exp in mini_imagenet_5way_1shot mini_imagenet_5way_5shot omniglot_20way_5shot; do
+  if [ "$MEMORY_OPTIONS" = 0 ]; then break; fi
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $exp "* ]]; then continue; fi
   for tasks in 1 2; do
     measure "${exp}_train_msl_ours+tasks${tasks}" mamlpp-benchmark \
-      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup=1 \
+      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup="$WARMUP" \
       --phase=train --epoch=0 --parallel_tasks="$tasks"
     measure "${exp}_train_msl_ours+tasks${tasks}+malloc" \
       env TF_CPU_ALLOCATOR_USE_BFC=false mamlpp-benchmark \
-      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup=1 \
+      --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup="$WARMUP" \
       --phase=train --epoch=0 --parallel_tasks="$tasks"
   done
 done

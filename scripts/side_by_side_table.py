@@ -8,7 +8,9 @@ authors' seconds per iteration over ours (the median of the timed steps of
 each); memory is each process's peak resident set size, and in brackets
 what it holds above the framework's own footprint once imported
 (import_rss_bytes: TensorFlow or PyTorch, before anything is built), where
-the files have it.
+the files have it. Where the files record it (peak_anon_bytes, sampled by
+mamlpp_tf/process_memory.py), a third table sets each peak beside its
+private part: the resident set without the shared libraries' file pages.
 """
 
 import json
@@ -56,12 +58,17 @@ def speed_table(folder: pathlib.Path) -> str:
         for phase, phase_label in PHASES:
             ours = _load(folder, f"{exp}_{phase}_ours")
             theirs = _load(folder, f"{exp}_{phase}_authors")
-            if ours is None and theirs is None and not any(
-                (folder / f"{exp}_{phase}_{who}.log").exists()
-                for who in ("ours", "authors")
+            if (
+                ours is None
+                and theirs is None
+                and not any(
+                    (folder / f"{exp}_{phase}_{who}.log").exists()
+                    for who in ("ours", "authors")
+                )
             ):
-                lines.append(f"| {label} | {phase_label} | not run yet "
-                             "| | | | | |")
+                lines.append(
+                    f"| {label} | {phase_label} | not run yet | | | | | |"
+                )
                 continue
             if ours is None or theirs is None:
                 missing = "ours" if ours is None else "authors'"
@@ -113,6 +120,45 @@ def memory_table(folder: pathlib.Path) -> str:
     return "\n".join(lines)
 
 
+def private_memory_table(folder: pathlib.Path) -> str | None:
+    """Peak RSS and its private part (peak_anon_bytes), both sides.
+
+    None where no file records the private peak (measured before it was).
+    """
+    lines = [
+        "| configuration | phase | peak RSS, ours | peak RSS, authors' "
+        "| private peak, ours | private peak, authors' "
+        "| ours at or below theirs: RSS / private |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    found = False
+    for exp, label in CONFIGS:
+        for phase, phase_label in PHASES:
+            ours = _load(folder, f"{exp}_{phase}_ours")
+            theirs = _load(folder, f"{exp}_{phase}_authors")
+            if ours is None or theirs is None:
+                continue
+            if (
+                ours.get("peak_anon_bytes") is None
+                or theirs.get("peak_anon_bytes") is None
+            ):
+                continue
+            found = True
+            verdicts = [
+                "yes" if ours[key] <= theirs[key] else "no"
+                for key in ("peak_rss_bytes", "peak_anon_bytes")
+            ]
+            lines.append(
+                f"| {label} | {phase_label} "
+                f"| {ours['peak_rss_bytes'] / 1e9:.2f} GB "
+                f"| {theirs['peak_rss_bytes'] / 1e9:.2f} GB "
+                f"| {ours['peak_anon_bytes'] / 1e9:.2f} GB "
+                f"| {theirs['peak_anon_bytes'] / 1e9:.2f} GB "
+                f"| {' / '.join(verdicts)} |"
+            )
+    return "\n".join(lines) if found else None
+
+
 def main(argv) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
@@ -127,6 +173,10 @@ def main(argv) -> int:
     print(speed_table(folder))
     print()
     print(memory_table(folder))
+    private = private_memory_table(folder)
+    if private is not None:
+        print()
+        print(private)
     return 0
 
 

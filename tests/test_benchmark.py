@@ -16,6 +16,10 @@ FIGURES = {
     "setup_rss_bytes",
     "import_rss_bytes",
     "first_call_peak_rss_bytes",
+    "peak_anon_bytes",
+    "first_call_peak_anon_bytes",
+    "import_anon_bytes",
+    "sampled_peak_rss_bytes",
     "first_call_seconds",
     "device",
     "tensorflow_version",
@@ -39,7 +43,8 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["phase"] == "train"
     assert figures["seconds_per_iteration"] > 0
     assert figures["iterations_per_second"] == pytest.approx(
-        1 / figures["seconds_per_iteration"], rel=1e-2)
+        1 / figures["seconds_per_iteration"], rel=1e-2
+    )
     assert figures["peak_rss_bytes"] > 100e6  # TensorFlow alone is more.
     assert 100e6 < figures["setup_rss_bytes"] <= figures["peak_rss_bytes"]
     assert 100e6 < figures["import_rss_bytes"] <= figures["peak_rss_bytes"]
@@ -47,6 +52,20 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
         figures["setup_rss_bytes"]
         <= figures["first_call_peak_rss_bytes"]
         <= figures["peak_rss_bytes"]
+    )
+    # The private part of the resident set, sampled: below the resident
+    # peak (TensorFlow's libraries are file pages), above what TensorFlow
+    # held once imported (the model, the batch, the step's tensors).
+    assert (
+        figures["import_anon_bytes"]
+        < figures["first_call_peak_anon_bytes"]
+        <= figures["peak_anon_bytes"]
+        < figures["sampled_peak_rss_bytes"]
+    )
+    # Sampling can only miss a peak, never exceed the kernel's exact one
+    # (its counters lag by a few pages per thread: 16 MiB of slack).
+    assert figures["sampled_peak_rss_bytes"] <= (
+        figures["peak_rss_bytes"] + 16 * 2**20
     )
     assert 0 <= figures["trace_seconds"] < figures["first_call_seconds"]
     # smoke.cfg: first order in epoch 0 (DA), MSL on.
@@ -64,15 +83,22 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
 
 def test_eval_phase_and_random_batch_shapes():
     config = config_lib.maml(
-        num_ways=2, num_shots=1, num_queries=3, meta_batch_size=2,
-        image_shape=(8, 8, 1), num_filters=4, num_stages=2,
-        num_inner_steps=1, num_eval_inner_steps=1,
+        num_ways=2,
+        num_shots=1,
+        num_queries=3,
+        meta_batch_size=2,
+        image_shape=(8, 8, 1),
+        num_filters=4,
+        num_stages=2,
+        num_inner_steps=1,
+        num_eval_inner_steps=1,
     )
     batch = benchmark.random_batch(config)
     assert batch["query_x"].shape == (2, 6, 8, 8, 1)
     assert batch["support_y"].shape == (2, 2)
     figures = benchmark.run_benchmark(
-        config, benchmark.BenchmarkConfig(phase="eval", steps=1, warmup=0),
+        config,
+        benchmark.BenchmarkConfig(phase="eval", steps=1, warmup=0),
         log=lambda *_: None,
     )
     assert figures["phase"] == "eval"
@@ -81,9 +107,15 @@ def test_eval_phase_and_random_batch_shapes():
 
 def test_profile_reports_op_type_shares_of_the_kernel_time():
     config = config_lib.maml(
-        num_ways=2, num_shots=1, num_queries=1, meta_batch_size=2,
-        image_shape=(8, 8, 1), num_filters=4, num_stages=2,
-        num_inner_steps=1, num_eval_inner_steps=1,
+        num_ways=2,
+        num_shots=1,
+        num_queries=1,
+        meta_batch_size=2,
+        image_shape=(8, 8, 1),
+        num_filters=4,
+        num_stages=2,
+        num_inner_steps=1,
+        num_eval_inner_steps=1,
     )
     figures = benchmark.run_benchmark(
         config,
@@ -126,8 +158,12 @@ def test_benchmark_needs_no_data_dir_for_a_real_dataset(tmp_path):
     result = apps.run(
         "benchmark",
         f"--flagfile={apps.FLAGS_DIR / 'maml++_mini_imagenet_5way_1shot.cfg'}",
-        "--num_filters=4", "--num_queries=1", "--phase=eval", "--steps=1",
-        "--warmup=0", f"--output_json={output}",
+        "--num_filters=4",
+        "--num_queries=1",
+        "--phase=eval",
+        "--steps=1",
+        "--warmup=0",
+        f"--output_json={output}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(output.read_text())

@@ -66,3 +66,41 @@ def test_memory_options_rows(tmp_path):
     assert table.splitlines()[-1] == (
         "| mini-ImageNet 5w5s | 2 | malloc | 19.000 | 6.24 GB (5.61) | 11.78 |"
     )
+
+
+def test_private_memory_table(tmp_path):
+    # Ours: 1.14 GB resident, 0.74 GB of it private; theirs 0.91 and 0.80.
+    _write(
+        tmp_path,
+        "omniglot_5way_1shot_train_msl_ours",
+        1.0,
+        1.14e9,
+        peak_anon_bytes=0.74e9,
+    )
+    _write(
+        tmp_path,
+        "omniglot_5way_1shot_train_msl_authors",
+        1.7,
+        0.91e9,
+        peak_anon_bytes=0.80e9,
+    )
+    # Without the private peak on one side: no row.
+    _write(tmp_path, "omniglot_5way_1shot_eval_ours", 0.3, 0.9e9)
+    _write(
+        tmp_path,
+        "omniglot_5way_1shot_eval_authors",
+        0.6,
+        0.8e9,
+        peak_anon_bytes=0.7e9,
+    )
+    lines = side_by_side_table.private_memory_table(tmp_path).splitlines()
+    assert lines[2:] == [
+        "| Omniglot 5w1s | train, MSL on | 1.14 GB | 0.91 GB | 0.74 GB "
+        "| 0.80 GB | no / yes |"
+    ]
+
+
+def test_no_private_memory_table_without_the_figures(tmp_path):
+    _write(tmp_path, "omniglot_5way_1shot_eval_ours", 0.3, 0.9e9)
+    _write(tmp_path, "omniglot_5way_1shot_eval_authors", 0.6, 0.8e9)
+    assert side_by_side_table.private_memory_table(tmp_path) is None
