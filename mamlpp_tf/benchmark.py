@@ -86,23 +86,6 @@ def random_batch(config: config_lib.MetaLearnerConfig, seed: int = 0) -> dict:
     }
 
 
-def _peak_rss_bytes() -> int:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _current_rss_bytes() -> int | None:
-    """Resident memory now (Linux /proc), or None where unavailable."""
-    try:
-        with open("/proc/self/status", encoding="utf-8") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _device_name() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -188,10 +171,10 @@ def run_benchmark(
     """Times `bench.phase` of `config`; returns the figures as a dict."""
     # TensorFlow's own footprint once imported, before anything is built:
     # what a comparison with another framework's peak has to allow for.
-    import_rss = _peak_rss_bytes()
+    import_rss = process_memory.exact_peak_rss_bytes()
     # The same split of the resident set as the authors' benchmark records
     # (process_memory): private pages apart from shared-library pages.
-    import_anon = (process_memory.read_statm() or (None, None))[1]
+    _, import_anon = process_memory.read_statm()
     sampler = process_memory.PeakSampler().start()
     try:
         figures = _measure(config, bench, runtime, log, sampler)
@@ -221,7 +204,7 @@ def _measure(config, bench, runtime, log, sampler) -> dict:
     batch = random_batch(config)
     # TensorFlow, the model and the batch, before any step: the floor under
     # peak_rss_bytes that no step-level change can lower.
-    setup_rss = _current_rss_bytes()
+    setup_rss, _ = process_memory.read_statm()
     if bench.phase == "train":
 
         def step():
@@ -236,7 +219,7 @@ def _measure(config, bench, runtime, log, sampler) -> dict:
     first_call_seconds = time.perf_counter() - start
     # Whether the peak is set while the graph is traced and optimised (a
     # one-off) or by the steady steps.
-    first_call_peak_rss = _peak_rss_bytes()
+    first_call_peak_rss = process_memory.exact_peak_rss_bytes()
     sampler.sample()
     first_call_peak_anon = sampler.peak_anon_bytes
     log(
@@ -302,7 +285,7 @@ def _measure(config, bench, runtime, log, sampler) -> dict:
             for k, v in sorted(os.environ.items())
             if k.startswith(("TF_CPU_", "MALLOC_", "TF_GPU_ALLOCATOR"))
         },
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": process_memory.exact_peak_rss_bytes(),
         "setup_rss_bytes": setup_rss,
         "first_call_peak_rss_bytes": first_call_peak_rss,
         "first_call_peak_anon_bytes": first_call_peak_anon,

@@ -24,13 +24,20 @@ without importing TensorFlow.
 """
 
 import os
+import resource
 import threading
 
 _STATM = "/proc/self/statm"
 
 
-def read_statm(path: str = _STATM) -> tuple[int, int] | None:
-    """(resident bytes, anonymous bytes) now, or None without /proc.
+def exact_peak_rss_bytes() -> int:
+    """The kernel's own high-water mark of the resident set (VmHWM)."""
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def read_statm(path: str = _STATM) -> tuple[int | None, int | None]:
+    """(resident bytes, anonymous bytes) now; (None, None) without /proc.
 
     /proc/PID/statm gives sizes in pages: total, resident, shared (file and
     shared-memory pages of the resident set), then text, lib, data, dirty.
@@ -40,7 +47,7 @@ def read_statm(path: str = _STATM) -> tuple[int, int] | None:
         with open(path, encoding="ascii") as statm:
             fields = statm.read().split()
     except OSError:
-        return None
+        return None, None
     page = os.sysconf("SC_PAGE_SIZE")
     resident, shared = int(fields[1]), int(fields[2])
     return resident * page, (resident - shared) * page
@@ -66,14 +73,13 @@ class PeakSampler:
         self.samples = 0
         self.peak_rss_bytes = None
         self.peak_anon_bytes = None
-        self.available = read_statm(path) is not None
+        self.available = read_statm(path)[0] is not None
 
     def sample(self) -> None:
         """Takes one sample now (also called by the background thread)."""
-        now = read_statm(self._path)
-        if now is None:
+        rss, anon = read_statm(self._path)
+        if rss is None:
             return
-        rss, anon = now
         self.samples += 1
         self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss)
         self.peak_anon_bytes = max(self.peak_anon_bytes or 0, anon)

@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -164,9 +163,9 @@ def main(argv):
 
     # PyTorch's own footprint once imported, before their code builds
     # anything: the counterpart of our import_rss_bytes.
-    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     process_memory = _load_process_memory()
-    import_anon = (process_memory.read_statm() or (None, None))[1]
+    import_rss = process_memory.exact_peak_rss_bytes()
+    _, import_anon = process_memory.read_statm()
     sampler = process_memory.PeakSampler().start()
     model, args = _authors_model(authors_dir, config_path)
     batch = _random_batch(args)
@@ -207,8 +206,7 @@ def main(argv):
         "first_call_seconds": first_call,
         "seconds_per_iteration": median,
         "iteration_seconds": times,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        * 1024,
+        "peak_rss_bytes": process_memory.exact_peak_rss_bytes(),
         "import_rss_bytes": import_rss,
         # The anonymous (private) part of the resident set, sampled by the
         # same code as ours (mamlpp_tf/process_memory.py).

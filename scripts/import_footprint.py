@@ -30,9 +30,19 @@ _TORCH_PYTHON = flags.DEFINE_string(
     "A Python with PyTorch, for the authors' framework's row (optional).",
 )
 
-# Runs in the child: hides the named top-level packages, imports, measures.
+_PROCESS_MEMORY = (
+    pathlib.Path(__file__).resolve().parent.parent
+    / "mamlpp_tf"
+    / "process_memory.py"
+)
+# Runs in the child: hides the named top-level packages, imports, measures
+# with process_memory.read_statm (loaded by path: the mamlpp_tf package
+# imports TensorFlow, and the child may not even have it).
 _CHILD = """
-import json, os, sys
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("_pm", {module!r})
+process_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(process_memory)
 hidden = {hidden!r}
 
 class _Hide:
@@ -43,12 +53,10 @@ class _Hide:
 
 sys.meta_path.insert(0, _Hide())
 {imports}
-with open("/proc/self/statm") as statm:
-    fields = statm.read().split()
-page = os.sysconf("SC_PAGE_SIZE")
+rss, anon = process_memory.read_statm()
 print(json.dumps({{
-    "rss_bytes": int(fields[1]) * page,
-    "anon_bytes": (int(fields[1]) - int(fields[2])) * page,
+    "rss_bytes": rss,
+    "anon_bytes": anon,
     "modules": len(sys.modules),
     "loaded": sorted(m for m in {watch!r} if m in sys.modules),
 }}))
@@ -60,7 +68,12 @@ def footprint(python, imports, hidden=(), watch=()) -> dict:
 
     Raises RuntimeError with the child's error where the import fails.
     """
-    code = _CHILD.format(hidden=set(hidden), imports=imports, watch=watch)
+    code = _CHILD.format(
+        module=str(_PROCESS_MEMORY),
+        hidden=set(hidden),
+        imports=imports,
+        watch=watch,
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
         [python, "-c", code], capture_output=True, text=True, env=env

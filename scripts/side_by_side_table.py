@@ -46,6 +46,20 @@ def _gb(figures: dict) -> str:
     return f"{peak:.2f} GB ({above:.2f})"
 
 
+def _pairs(folder: pathlib.Path):
+    """(config, phase, both labels, ours, theirs) for every table row."""
+    for exp, label in CONFIGS:
+        for phase, phase_label in PHASES:
+            yield (
+                exp,
+                phase,
+                label,
+                phase_label,
+                _load(folder, f"{exp}_{phase}_ours"),
+                _load(folder, f"{exp}_{phase}_authors"),
+            )
+
+
 def speed_table(folder: pathlib.Path) -> str:
     lines = [
         "| configuration | phase | ours (s/iter) | authors' (s/iter) "
@@ -54,46 +68,41 @@ def speed_table(folder: pathlib.Path) -> str:
         "more memory |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for exp, label in CONFIGS:
-        for phase, phase_label in PHASES:
-            ours = _load(folder, f"{exp}_{phase}_ours")
-            theirs = _load(folder, f"{exp}_{phase}_authors")
-            if (
-                ours is None
-                and theirs is None
-                and not any(
-                    (folder / f"{exp}_{phase}_{who}.log").exists()
-                    for who in ("ours", "authors")
-                )
-            ):
-                lines.append(
-                    f"| {label} | {phase_label} | not run yet | | | | | |"
-                )
-                continue
-            if ours is None or theirs is None:
-                missing = "ours" if ours is None else "authors'"
-                cells = [
-                    "" if f is None else f"{f['seconds_per_iteration']:.3f}"
-                    for f in (ours, theirs)
-                ]
-                lines.append(
-                    f"| {label} | {phase_label} | {cells[0]} | {cells[1]} "
-                    f"| not measured ({missing} run failed: see its log) "
-                    "| | | |"
-                )
-                continue
-            mine = ours["seconds_per_iteration"]
-            other = theirs["seconds_per_iteration"]
-            speedup = other / mine
-            met = (
-                speedup >= TARGET_SPEEDUP
-                and ours["peak_rss_bytes"] <= theirs["peak_rss_bytes"]
+    for exp, phase, label, phase_label, ours, theirs in _pairs(folder):
+        if (
+            ours is None
+            and theirs is None
+            and not any(
+                (folder / f"{exp}_{phase}_{who}.log").exists()
+                for who in ("ours", "authors")
             )
+        ):
+            lines.append(f"| {label} | {phase_label} | not run yet | | | | | |")
+            continue
+        if ours is None or theirs is None:
+            missing = "ours" if ours is None else "authors'"
+            cells = [
+                "" if f is None else f"{f['seconds_per_iteration']:.3f}"
+                for f in (ours, theirs)
+            ]
             lines.append(
-                f"| {label} | {phase_label} | {mine:.3f} | {other:.3f} "
-                f"| {speedup:.2f}x | {_gb(ours)} | {_gb(theirs)} "
-                f"| {'yes' if met else 'no'} |"
+                f"| {label} | {phase_label} | {cells[0]} | {cells[1]} "
+                f"| not measured ({missing} run failed: see its log) "
+                "| | | |"
             )
+            continue
+        mine = ours["seconds_per_iteration"]
+        other = theirs["seconds_per_iteration"]
+        speedup = other / mine
+        met = (
+            speedup >= TARGET_SPEEDUP
+            and ours["peak_rss_bytes"] <= theirs["peak_rss_bytes"]
+        )
+        lines.append(
+            f"| {label} | {phase_label} | {mine:.3f} | {other:.3f} "
+            f"| {speedup:.2f}x | {_gb(ours)} | {_gb(theirs)} "
+            f"| {'yes' if met else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -131,32 +140,27 @@ def private_memory_table(folder: pathlib.Path) -> str | None:
         "| ours at or below theirs: RSS / private |",
         "|---|---|---|---|---|---|---|",
     ]
-    found = False
-    for exp, label in CONFIGS:
-        for phase, phase_label in PHASES:
-            ours = _load(folder, f"{exp}_{phase}_ours")
-            theirs = _load(folder, f"{exp}_{phase}_authors")
-            if ours is None or theirs is None:
-                continue
-            if (
-                ours.get("peak_anon_bytes") is None
-                or theirs.get("peak_anon_bytes") is None
-            ):
-                continue
-            found = True
-            verdicts = [
-                "yes" if ours[key] <= theirs[key] else "no"
-                for key in ("peak_rss_bytes", "peak_anon_bytes")
-            ]
-            lines.append(
-                f"| {label} | {phase_label} "
-                f"| {ours['peak_rss_bytes'] / 1e9:.2f} GB "
-                f"| {theirs['peak_rss_bytes'] / 1e9:.2f} GB "
-                f"| {ours['peak_anon_bytes'] / 1e9:.2f} GB "
-                f"| {theirs['peak_anon_bytes'] / 1e9:.2f} GB "
-                f"| {' / '.join(verdicts)} |"
-            )
-    return "\n".join(lines) if found else None
+    rows = 0
+    for _, _, label, phase_label, ours, theirs in _pairs(folder):
+        if any(
+            f is None or f.get("peak_anon_bytes") is None
+            for f in (ours, theirs)
+        ):
+            continue
+        rows += 1
+        verdicts = [
+            "yes" if ours[key] <= theirs[key] else "no"
+            for key in ("peak_rss_bytes", "peak_anon_bytes")
+        ]
+        lines.append(
+            f"| {label} | {phase_label} "
+            f"| {ours['peak_rss_bytes'] / 1e9:.2f} GB "
+            f"| {theirs['peak_rss_bytes'] / 1e9:.2f} GB "
+            f"| {ours['peak_anon_bytes'] / 1e9:.2f} GB "
+            f"| {theirs['peak_anon_bytes'] / 1e9:.2f} GB "
+            f"| {' / '.join(verdicts)} |"
+        )
+    return "\n".join(lines) if rows else None
 
 
 def main(argv) -> int:

@@ -81,11 +81,12 @@ def test_benchmark_app_on_the_smoke_config(tmp_path):
     assert figures["minor_page_faults_per_iteration"] >= 0
 
 
-def test_eval_phase_and_random_batch_shapes():
-    config = config_lib.maml(
+def _tiny_maml(num_queries):
+    """MAML, 2-way 1-shot on 8x8 images: seconds to trace and run."""
+    return config_lib.maml(
         num_ways=2,
         num_shots=1,
-        num_queries=3,
+        num_queries=num_queries,
         meta_batch_size=2,
         image_shape=(8, 8, 1),
         num_filters=4,
@@ -93,6 +94,10 @@ def test_eval_phase_and_random_batch_shapes():
         num_inner_steps=1,
         num_eval_inner_steps=1,
     )
+
+
+def test_eval_phase_and_random_batch_shapes():
+    config = _tiny_maml(num_queries=3)
     batch = benchmark.random_batch(config)
     assert batch["query_x"].shape == (2, 6, 8, 8, 1)
     assert batch["support_y"].shape == (2, 2)
@@ -106,17 +111,7 @@ def test_eval_phase_and_random_batch_shapes():
 
 
 def test_profile_reports_op_type_shares_of_the_kernel_time():
-    config = config_lib.maml(
-        num_ways=2,
-        num_shots=1,
-        num_queries=1,
-        meta_batch_size=2,
-        image_shape=(8, 8, 1),
-        num_filters=4,
-        num_stages=2,
-        num_inner_steps=1,
-        num_eval_inner_steps=1,
-    )
+    config = _tiny_maml(num_queries=1)
     figures = benchmark.run_benchmark(
         config,
         benchmark.BenchmarkConfig(steps=1, warmup=0, profile_steps=1),
