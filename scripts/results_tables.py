@@ -194,18 +194,26 @@ def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
             f"| {label} | {ensemble} | {single} | "
             f"{_seconds_per_step(timings, row)} |"
         )
-    overlaps = [
-        f"{a} / {b}"
-        for (a, ia), (b, ib) in itertools.pairwise(intervals)
-        if ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1]
-    ]
-    if overlaps:
-        lines.append("")
-        lines.append(
-            "Within each other's intervals (not ranked): "
-            + "; ".join(overlaps)
-            + "."
-        )
+    # Neighbouring rows (what one added part changed) whose 95% intervals
+    # overlap are not ranked. Overlap is the looser test: it also holds
+    # where one mean lies just outside the other's interval, so each pair
+    # says which of the two cases it is.
+    within, overlapping = [], []
+    for (a, ia), (b, ib) in itertools.pairwise(intervals):
+        if not (ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1]):
+            continue
+        mean_a, mean_b = sum(ia) / 2, sum(ib) / 2
+        if ia[0] <= mean_b <= ia[1] and ib[0] <= mean_a <= ib[1]:
+            within.append(f"{a} / {b}")
+        else:
+            overlapping.append(f"{a} / {b}")
+    for heading, pairs in (
+        ("Within each other's intervals (not ranked)", within),
+        ("Intervals overlap, one mean outside (not ranked)", overlapping),
+    ):
+        if pairs:
+            lines.append("")
+            lines.append(f"{heading}: " + "; ".join(pairs) + ".")
     return "\n".join(lines)
 
 

@@ -136,3 +136,24 @@ def test_ablation_names_neighbours_within_each_others_intervals(tmp_path):
         "+ LSLR / + MSL; + MSL / + CA (= MAML++, the flagfile)."
     )
     assert "| + LSLR | 95.00 ± 1.00% |" in table
+
+
+def test_ablation_tells_overlapping_intervals_from_means_within(tmp_path):
+    figures = {
+        "maml_5w1s_s0": (0.900, 0.010),  # [0.890, 0.910]
+        # [0.905, 0.925]: overlaps MAML's, but 0.915 is outside it.
+        "ablation_bn": (0.915, 0.010),
+        "ablation_bn_lslr": (0.920, 0.010),  # 0.920 and 0.915: within
+        "ablation_bn_lslr_msl": (0.960, 0.005),  # apart
+        "mamlpp_5w1s_s0": (0.962, 0.001),  # [0.961, 0.963]: 0.960 outside
+        "ablation_mamlpp_da": (0.990, 0.001),  # apart
+    }
+    for row, (mean, ci) in figures.items():
+        _finished(tmp_path / row, mean, ci)
+    lines = results_tables.ablation_table(tmp_path, None).splitlines()
+    assert lines[-3:] == [
+        "Within each other's intervals (not ranked): + BNWB + BNRS / + LSLR.",
+        "",
+        "Intervals overlap, one mean outside (not ranked): "
+        "MAML / + BNWB + BNRS; + MSL / + CA (= MAML++, the flagfile).",
+    ]
