@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The ablation table's seconds per meta-step: for each ablation row of
+# The Results tables' seconds per meta-step: for each ablation row of
 # scripts/run_reproduction.sh, mamlpp-benchmark with exactly that row's
 # flagfile and overrides, at epoch 0 (the epoch every row starts in: MSL on
 # where the row has it, first order for the DA row), on random inputs of
-# the row's shapes. One `<row>.json` and `<row>.log` per row in OUT_DIR,
-# which `python scripts/results_tables.py --results=... --timings=OUT_DIR`
-# puts in the table.
+# the row's shapes; and for the full-budget row (mamlpp_5w1s_full), its two
+# kinds of step: epoch 0 (MSL on, epochs 0-9) and epoch 10 (MSL off, epochs
+# 10-99). One `<name>.json` and `<name>.log` per measurement in OUT_DIR
+# (`<row>` for the ablation rows, `mamlpp_5w1s_full.epoch<E>` for the full
+# budget), which `python scripts/results_tables.py --results=...
+# --timings=OUT_DIR` puts in the tables.
 #
 #   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS]
 #
-# ROUNDS (default 1) passes over all the rows, one row after the other in
-# each pass, so that a slow spell of the machine hits every row alike; each
-# pass writes `<row>.round<K>.json`, and `<row>.json` gets the figures of
-# the pass with the median seconds_per_iteration. Round files of an earlier
-# call in OUT_DIR are deleted first, so they never mix into the median.
+# ROUNDS (default 1) passes over all the measurements, one after the other
+# in each pass, so that a slow spell of the machine hits every row alike;
+# each pass writes `<name>.round<K>.json`, and `<name>.json` gets the
+# figures of the pass with the median seconds_per_iteration. Round files of
+# an earlier call in OUT_DIR are deleted first, so they never mix into the
+# median.
 #
 # The training runs' own wall times are not used: they share the machine
 # with other work. Nothing else may run meanwhile (pause a training run with
@@ -33,21 +37,35 @@ if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 read -r -a BENCHMARK <<<"${MAMLPP_BENCHMARK:-mamlpp-benchmark}"
-# The rows of results_tables.py's ABLATION, in the paper's order.
-ROWS=(maml_5w1s_s0 ablation_bn ablation_bn_lslr ablation_bn_lslr_msl
-      mamlpp_5w1s_s0 ablation_mamlpp_da)
+# name|row|epoch: the rows of results_tables.py's ABLATION, in the paper's
+# order, then the full-budget row's two kinds of meta-step.
+MEASUREMENTS=(
+  "maml_5w1s_s0|maml_5w1s_s0|0"
+  "ablation_bn|ablation_bn|0"
+  "ablation_bn_lslr|ablation_bn_lslr|0"
+  "ablation_bn_lslr_msl|ablation_bn_lslr_msl|0"
+  "mamlpp_5w1s_s0|mamlpp_5w1s_s0|0"
+  "ablation_mamlpp_da|ablation_mamlpp_da|0"
+  "mamlpp_5w1s_full.epoch0|mamlpp_5w1s_full|0"
+  "mamlpp_5w1s_full.epoch10|mamlpp_5w1s_full|10"
+)
+NAMES=()
+for measurement in "${MEASUREMENTS[@]}"; do
+  NAMES+=("${measurement%%|*}")
+done
 mkdir -p "$OUT"
 
-for row in "${ROWS[@]}"; do
-  rm -f "$OUT/$row".round*.json "$OUT/$row".round*.log
+for name in "${NAMES[@]}"; do
+  rm -f "$OUT/$name".round*.json "$OUT/$name".round*.log
 done
 
 status=0
 for round in $(seq 1 "$ROUNDS"); do
-  for row in "${ROWS[@]}"; do
+  for measurement in "${MEASUREMENTS[@]}"; do
+    IFS="|" read -r base row epoch <<<"$measurement"
     mapfile -t args < <(bash scripts/run_reproduction.sh --args "$row")
-    name="$row.round$round"
-    command=("${BENCHMARK[@]}" "${args[@]}" --phase=train --epoch=0
+    name="$base.round$round"
+    command=("${BENCHMARK[@]}" "${args[@]}" --phase=train "--epoch=$epoch"
       "--steps=$STEPS" --warmup=2 "--output_json=$OUT/$name.json")
     echo "== $name: ${command[*]}"
     if ! "${command[@]}" >"$OUT/$name.log" 2>&1; then
@@ -59,24 +77,24 @@ for round in $(seq 1 "$ROUNDS"); do
     grep -E "seconds_per_iteration|peak_rss" "$OUT/$name.log" || true
   done
 done
-# <row>.json: the round with the median time (the lower middle one for an
+# <name>.json: the round with the median time (the lower middle one for an
 # even count), the figures of one real measurement rather than a blend.
-for row in "${ROWS[@]}"; do
-  python3 - "$OUT" "$row" <<'PY' || status=1
+for name in "${NAMES[@]}"; do
+  python3 - "$OUT" "$name" <<'PY' || status=1
 import json, pathlib, sys
-out, row = pathlib.Path(sys.argv[1]), sys.argv[2]
+out, name = pathlib.Path(sys.argv[1]), sys.argv[2]
 runs = sorted(
-    (json.loads(p.read_text()) for p in out.glob(f"{row}.round*.json")),
+    (json.loads(p.read_text()) for p in out.glob(f"{name}.round*.json")),
     key=lambda figures: figures["seconds_per_iteration"],
 )
 if not runs:
-    sys.exit(f"error: no round of {row} succeeded; see {out}/{row}.round*.log")
+    sys.exit(f"error: no round of {name} succeeded; see {out}/{name}.round*.log")
 median = dict(runs[(len(runs) - 1) // 2])
 median["rounds_seconds_per_iteration"] = [
     figures["seconds_per_iteration"] for figures in runs
 ]
-(out / f"{row}.json").write_text(json.dumps(median, indent=2, sort_keys=True))
-print(f"{row}: {median['seconds_per_iteration']} s per meta-step "
+(out / f"{name}.json").write_text(json.dumps(median, indent=2, sort_keys=True))
+print(f"{name}: {median['seconds_per_iteration']} s per meta-step "
       f"(median of {len(runs)}: {median['rounds_seconds_per_iteration']})")
 PY
 done

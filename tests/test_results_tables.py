@@ -66,7 +66,8 @@ def test_an_unknown_row_is_refused_with_exit_2():
 
 def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
     # A stand-in benchmark that records its arguments as the JSON figures;
-    # its time is 3.0, 1.0, 2.0 s in rounds 1, 2, 3 (6 rows per round).
+    # its time is 3.0, 1.0, 2.0 s in rounds 1, 2, 3 (8 measurements per
+    # round: the 6 ablation rows, the full budget at epochs 0 and 10).
     fake = tmp_path / "fake_benchmark.py"
     counter = tmp_path / "calls"
     fake.write_text(
@@ -76,7 +77,7 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
         "counter.write_text(str(calls + 1))\n"
         "args = sys.argv[1:]\n"
         "out = [a for a in args if a.startswith('--output_json=')][0]\n"
-        "seconds = [3.0, 1.0, 2.0][calls // 6]\n"
+        "seconds = [3.0, 1.0, 2.0][calls // 8]\n"
         "json.dump({'seconds_per_iteration': seconds, 'args': args},\n"
         "          open(out.split('=', 1)[1], 'w'))\n"
     )
@@ -91,7 +92,10 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
         env={**os.environ, "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"},
     )
     rows = sorted(p.name for p in out.glob("*.json") if ".round" not in p.name)
-    assert rows == sorted(f"{row}.json" for row, _ in results_tables.ABLATION)
+    assert rows == sorted(
+        [f"{row}.json" for row, _ in results_tables.ABLATION]
+        + ["mamlpp_5w1s_full.epoch0.json", "mamlpp_5w1s_full.epoch10.json"]
+    )
     assert not (out / "ablation_bn.round4.json").exists()
     bn = json.loads((out / "ablation_bn.json").read_text())
     assert bn["seconds_per_iteration"] == 2.0  # The median round.
@@ -103,6 +107,10 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
     assert "--first_order_to_second_order_epoch=1" in da
     assert {"--phase=train", "--epoch=0", "--steps=4"} <= set(da)
     assert results_tables._seconds_per_step(out, "ablation_bn") == "2.000 s"
+    full = json.loads((out / "mamlpp_5w1s_full.epoch10.json").read_text())
+    assert full["seconds_per_iteration"] == 2.0
+    assert "--epoch=10" in full["args"]
+    assert "--total_epochs=4" not in full["args"]  # The flagfile as it is.
 
 
 def test_seed_table_spread_is_the_sample_std_over_seeds(tmp_path):
@@ -157,3 +165,29 @@ def test_ablation_tells_overlapping_intervals_from_means_within(tmp_path):
         "Intervals overlap, one mean outside (not ranked): "
         "MAML / + BNWB + BNRS; + MSL / + CA (= MAML++, the flagfile).",
     ]
+
+
+def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
+    workdir = tmp_path / "mamlpp_5w1s_full"
+    workdir.mkdir()
+    lines = ["epoch,val_accuracy"] + [
+        f"{epoch},{0.90 + epoch / 1000}" for epoch in range(21)
+    ]
+    (workdir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    timings = tmp_path / "timings"
+    timings.mkdir()
+    for name, seconds in (("epoch0", 1.2), ("epoch10", 0.8)):
+        (timings / f"mamlpp_5w1s_full.{name}.json").write_text(
+            json.dumps({"seconds_per_iteration": seconds})
+        )
+    table = results_tables.full_budget_table(tmp_path, timings).splitlines()
+    assert table[2].startswith("| MAML++ Omniglot 5w1s, seed 0 | 21 of 100 |")
+    assert "| 92.00% (epoch 21) |" in table[2]  # Best validation: the last.
+    # 500 * (10 * 1.2 + 90 * 0.8) s = 42,000 s = 11.67 h.
+    assert table[4] == (
+        "Seconds per meta-step: 1.200 s in epochs 1-10 (multi-step loss), "
+        "0.800 s in epochs 11-100; the 50,000 meta-steps take 11.7 h of "
+        "training at that pace (validation and test not counted)."
+    )
+    assert table[6] == "| epoch | 1 | 10 | 20 |"
+    assert table[8] == "| validation | 90.00% | 90.90% | 91.90% |"
