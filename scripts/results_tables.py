@@ -26,6 +26,7 @@ import itertools
 import json
 import pathlib
 import statistics
+import subprocess
 
 from absl import app
 from absl import flags
@@ -37,6 +38,7 @@ _TIMINGS = flags.DEFINE_string(
     "timings", None, "Folder of <row>.json benchmark figures for the ablation."
 )
 
+_REPO = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 # (row, label) in the paper's order: MAML, then one part added per row.
 ABLATION = (
@@ -90,12 +92,12 @@ def _accuracy_cells(workdir: pathlib.Path) -> tuple[str, str]:
     return ensemble, single
 
 
-def _interval(workdir: pathlib.Path):
+def _interval(workdir: pathlib.Path) -> tuple[float, float] | None:
+    """(test accuracy, its 95% half-width), or None before the test."""
     summary = _summary(workdir)
     if summary is None:
         return None
-    mean, ci = summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
-    return mean - ci, mean + ci
+    return summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
 
 
 # (row, label, the paper's figure at the full budget and what it is).
@@ -125,13 +127,33 @@ def _timing(timings: pathlib.Path | None, name: str) -> float | None:
     return json.loads(path.read_text())["seconds_per_iteration"]
 
 
-# The full-budget flagfile: MSL in epochs 0..9, then the last step's loss.
-FULL_EPOCHS, FULL_ITERATIONS, FULL_MSL_EPOCHS = 100, 500, 10
+def full_budget_flags() -> dict[str, str]:
+    """The full-budget row's flags: its flagfile and overrides, expanded."""
+    args = subprocess.run(
+        [
+            "bash",
+            str(_REPO / "scripts" / "run_reproduction.sh"),
+            "--args",
+            "mamlpp_5w1s_full",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=_REPO,
+    ).stdout.split()
+    # absl expands --flagfile= (relative to the repository root) in place.
+    args = [a.replace("--flagfile=", f"--flagfile={_REPO}/", 1) for a in args]
+    expanded = flags.FlagValues().read_flags_from_files(args, force_gnu=True)
+    return dict(arg[2:].split("=", 1) for arg in expanded)
 
 
 def full_budget_table(
     results: pathlib.Path, timings: pathlib.Path | None = None
 ) -> str:
+    full = full_budget_flags()
+    epochs = int(full["total_epochs"])
+    iterations = int(full["iterations_per_epoch"])
+    msl_epochs = int(full["msl_epochs"])
     workdir = results / "mamlpp_5w1s_full"
     ensemble, single = _accuracy_cells(workdir)
     rows = _metrics(workdir)
@@ -146,24 +168,21 @@ def full_budget_table(
         "| run | epochs | test, top-5 ensemble | single best epoch | best "
         "validation | paper |",
         "|---|---|---|---|---|---|",
-        f"| MAML++ Omniglot 5w1s, seed 0 | {len(rows)} of {FULL_EPOCHS} "
+        f"| MAML++ Omniglot 5w1s, seed 0 | {len(rows)} of {epochs} "
         f"| {ensemble} | {single} | {best_val} | {PAPER_MAMLPP_5W1S}% |",
     ]
     msl = _timing(timings, "mamlpp_5w1s_full.epoch0")
-    last = _timing(timings, f"mamlpp_5w1s_full.epoch{FULL_MSL_EPOCHS}")
+    last = _timing(timings, f"mamlpp_5w1s_full.epoch{msl_epochs}")
     if msl is not None and last is not None:
-        hours = (
-            FULL_ITERATIONS
-            * (FULL_MSL_EPOCHS * msl + (FULL_EPOCHS - FULL_MSL_EPOCHS) * last)
-            / 3600
-        )
+        steps = msl_epochs * msl + (epochs - msl_epochs) * last
+        hours = iterations * steps / 3600
         lines += [
             "",
-            f"Seconds per meta-step: {msl:.3f} s in epochs 1-"
-            f"{FULL_MSL_EPOCHS} (multi-step loss), {last:.3f} s in epochs "
-            f"{FULL_MSL_EPOCHS + 1}-{FULL_EPOCHS}; the "
-            f"{FULL_EPOCHS * FULL_ITERATIONS:,} meta-steps take {hours:.1f} h "
-            "of training at that pace (validation and test not counted).",
+            f"Seconds per meta-step: {msl:.3f} s in epochs 1-{msl_epochs} "
+            f"(multi-step loss), {last:.3f} s in epochs {msl_epochs + 1}-"
+            f"{epochs}; the {epochs * iterations:,} meta-steps take "
+            f"{hours:.1f} h of training at that pace (validation and test "
+            "not counted).",
         ]
     # The validation curve, every tenth epoch (and the first).
     shown = [
@@ -223,10 +242,8 @@ def seed_table(results: pathlib.Path) -> str:
 def _seconds_per_step(timings: pathlib.Path | None, row: str) -> str:
     if timings is None:
         return ""
-    path = timings / f"{row}.json"
-    if not path.is_file():
-        return "not measured"
-    return f"{json.loads(path.read_text())['seconds_per_iteration']:.3f} s"
+    seconds = _timing(timings, row)
+    return "not measured" if seconds is None else f"{seconds:.3f} s"
 
 
 def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
@@ -249,12 +266,12 @@ def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
     # says which of the two cases it is.
     within, overlapping = [], []
     for (a, ia), (b, ib) in itertools.pairwise(intervals):
-        if not (ia and ib and ia[0] <= ib[1] and ib[0] <= ia[1]):
+        if ia is None or ib is None:
             continue
-        mean_a, mean_b = sum(ia) / 2, sum(ib) / 2
-        if ia[0] <= mean_b <= ia[1] and ib[0] <= mean_a <= ib[1]:
+        gap = abs(ia[0] - ib[0])
+        if gap <= min(ia[1], ib[1]):
             within.append(f"{a} / {b}")
-        else:
+        elif gap <= ia[1] + ib[1]:
             overlapping.append(f"{a} / {b}")
     for heading, pairs in (
         ("Within each other's intervals (not ranked)", within),

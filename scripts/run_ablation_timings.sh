@@ -5,10 +5,11 @@
 # where the row has it, first order for the DA row), on random inputs of
 # the row's shapes; and for the full-budget row (mamlpp_5w1s_full), its two
 # kinds of step: epoch 0 (MSL on, epochs 0-9) and epoch 10 (MSL off, epochs
-# 10-99). One `<name>.json` and `<name>.log` per measurement in OUT_DIR
-# (`<row>` for the ablation rows, `mamlpp_5w1s_full.epoch<E>` for the full
-# budget), which `python scripts/results_tables.py --results=...
-# --timings=OUT_DIR` puts in the tables.
+# 10-99; 10 is the flagfile's --msl_epochs). One `<name>.json` and
+# `<name>.log` per measurement in OUT_DIR (`<row>` for the ablation rows,
+# `mamlpp_5w1s_full.epoch<E>` for the full budget), which
+# `python scripts/results_tables.py --results=... --timings=OUT_DIR` puts in
+# the tables.
 #
 #   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS]
 #
@@ -37,6 +38,14 @@ if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 read -r -a BENCHMARK <<<"${MAMLPP_BENCHMARK:-mamlpp-benchmark}"
+# The full-budget row's first epoch without MSL, from its own flagfile.
+mapfile -t full_args < <(bash scripts/run_reproduction.sh --args \
+  mamlpp_5w1s_full)
+MSL_EPOCHS=$(sed -n 's/^--msl_epochs=//p' "${full_args[0]#--flagfile=}")
+if ! [[ "$MSL_EPOCHS" =~ ^[0-9]+$ ]]; then
+  echo "error: no --msl_epochs=N in ${full_args[0]#--flagfile=}" >&2
+  exit 2
+fi
 # name|row|epoch: the rows of results_tables.py's ABLATION, in the paper's
 # order, then the full-budget row's two kinds of meta-step.
 MEASUREMENTS=(
@@ -47,7 +56,7 @@ MEASUREMENTS=(
   "mamlpp_5w1s_s0|mamlpp_5w1s_s0|0"
   "ablation_mamlpp_da|ablation_mamlpp_da|0"
   "mamlpp_5w1s_full.epoch0|mamlpp_5w1s_full|0"
-  "mamlpp_5w1s_full.epoch10|mamlpp_5w1s_full|10"
+  "mamlpp_5w1s_full.epoch$MSL_EPOCHS|mamlpp_5w1s_full|$MSL_EPOCHS"
 )
 NAMES=()
 for measurement in "${MEASUREMENTS[@]}"; do
