@@ -124,7 +124,25 @@ def test_seed_table_spread_is_the_sample_std_over_seeds(tmp_path):
     assert "| 95.80 ± 0.60% |" in table
     # MAML: mean 94.50, deviations -0.5, +2, -1.5 -> sqrt(6.5/2) = 1.803.
     assert "| 94.50 ± 1.80% |" in table
-    assert "MAML++ beats MAML on 2 of 3 seeds" in table
+    # Seed 0: 95.8 - 94.0 = 1.8 > 0.8 + 0.9, apart. Seed 1: 96.4 < 96.5.
+    # Seed 2: 95.2 - 93.0 = 2.2 > 1.7, apart.
+    assert "higher than MAML's on 2 of 3 seeds" in table
+    assert "wholly above MAML's on 2 of them" in table
+
+
+def test_seed_table_a_higher_mean_inside_the_interval_is_not_apart(tmp_path):
+    # Every MAML++ mean is higher, but only seed 0 clears the intervals:
+    # 97.0 - 94.0 = 3.0 > 1.7; 95.0 - 94.0 = 1.0 and 94.5 - 94.0 = 0.5
+    # are inside 0.8 + 0.9.
+    for seed, plus in enumerate([0.970, 0.950, 0.945]):
+        _finished(tmp_path / f"mamlpp_5w1s_s{seed}", plus, 0.008)
+        _finished(tmp_path / f"maml_5w1s_s{seed}", 0.940, 0.009)
+    table = results_tables.seed_table(tmp_path)
+    assert "higher than MAML's on 3 of 3 seeds" in table
+    assert "wholly above MAML's on 1 of them" in table
+    # MAML: all three 94.0, so no spread; MAML++: mean 95.50, deviations
+    # +1.5, -0.5, -1.0 -> sqrt(3.5 / 2) = 1.323.
+    assert "spread (std) 1.32 against 0.00 points" in table
 
 
 def test_ablation_names_neighbours_within_each_others_intervals(tmp_path):
