@@ -100,6 +100,16 @@ def _interval(workdir: pathlib.Path) -> tuple[float, float] | None:
     return summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
 
 
+def _relation(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """How two (mean, 95% half-width) intervals lie: 'within' (each mean
+    inside the other's interval), 'overlap' (they touch, one mean outside)
+    or 'apart'."""
+    gap = abs(a[0] - b[0])
+    if gap <= min(a[1], b[1]):
+        return "within"
+    return "overlap" if gap <= a[1] + b[1] else "apart"
+
+
 # (row, label, the paper's figure at the full budget and what it is).
 SEED0 = (
     ("mamlpp_5w1s_s0", "MAML++ Omniglot 5w1s", "99.47%"),
@@ -211,39 +221,34 @@ def seed_table(results: pathlib.Path) -> str:
         "| method | seed 0 | seed 1 | seed 2 | mean ± std over seeds |",
         "|---|---|---|---|---|",
     ]
-    means, intervals = {}, {}
+    intervals, stds = {}, {}
     for method, prefix in (("MAML++", "mamlpp"), ("MAML", "maml")):
-        cells, accs = [], []
-        for seed in SEEDS:
-            workdir = results / f"{prefix}_5w1s_s{seed}"
-            cells.append(_accuracy_cells(workdir)[0])
-            interval = _interval(workdir)
-            if interval is not None:
-                accs.append(100 * interval[0])
-                intervals.setdefault(method, []).append(interval)
-        spread = (
-            f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}%"
-            if len(accs) == len(SEEDS)
-            else f"{len(accs)} of {len(SEEDS)} seeds done"
-        )
-        means[method] = accs
+        workdirs = [results / f"{prefix}_5w1s_s{seed}" for seed in SEEDS]
+        cells = [_accuracy_cells(workdir)[0] for workdir in workdirs]
+        found = [_interval(workdir) for workdir in workdirs]
+        intervals[method] = [i for i in found if i is not None]
+        accs = [100 * mean for mean, _ in intervals[method]]
+        if len(accs) == len(SEEDS):
+            stds[method] = statistics.stdev(accs)
+            spread = f"{statistics.mean(accs):.2f} ± {stds[method]:.2f}%"
+        else:
+            spread = f"{len(accs)} of {len(SEEDS)} seeds done"
         lines.append(f"| {method} | {' | '.join(cells)} | {spread} |")
-    mamlpp, maml = means["MAML++"], means["MAML"]
-    if len(mamlpp) == len(maml) == len(SEEDS):
-        wins = sum(a > b for a, b in zip(mamlpp, maml))
+    if len(stds) == 2:  # Every seed of both methods has finished.
+        pairs = list(zip(intervals["MAML++"], intervals["MAML"]))
+        higher = [a[0] > b[0] for a, b in pairs]
         # A higher mean inside the other's interval is not a win on its
         # own, so the line also counts the seeds where the two 95%
         # intervals do not touch.
         apart = sum(
-            (a - b) > (ha + hb)
-            for (a, ha), (b, hb) in zip(intervals["MAML++"], intervals["MAML"])
+            h and _relation(a, b) == "apart" for h, (a, b) in zip(higher, pairs)
         )
         lines.append("")
         lines.append(
-            f"MAML++'s mean is higher than MAML's on {wins} of {len(SEEDS)} "
-            f"seeds, with its 95% interval wholly above MAML's on {apart} "
-            f"of them; spread (std) {statistics.stdev(mamlpp):.2f} against "
-            f"{statistics.stdev(maml):.2f} points."
+            f"MAML++'s mean is higher than MAML's on {sum(higher)} of "
+            f"{len(SEEDS)} seeds, with its 95% interval wholly above MAML's "
+            f"on {apart} of them; spread (std) {stds['MAML++']:.2f} "
+            f"against {stds['MAML']:.2f} points."
         )
     return "\n".join(lines)
 
@@ -277,10 +282,10 @@ def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
     for (a, ia), (b, ib) in itertools.pairwise(intervals):
         if ia is None or ib is None:
             continue
-        gap = abs(ia[0] - ib[0])
-        if gap <= min(ia[1], ib[1]):
+        relation = _relation(ia, ib)
+        if relation == "within":
             within.append(f"{a} / {b}")
-        elif gap <= ia[1] + ib[1]:
+        elif relation == "overlap":
             overlapping.append(f"{a} / {b}")
     for heading, pairs in (
         ("Within each other's intervals (not ranked)", within),

@@ -38,12 +38,14 @@ if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 read -r -a BENCHMARK <<<"${MAMLPP_BENCHMARK:-mamlpp-benchmark}"
-# The full-budget row's first epoch without MSL, from its own flagfile.
-mapfile -t full_args < <(bash scripts/run_reproduction.sh --args \
-  mamlpp_5w1s_full)
-MSL_EPOCHS=$(sed -n 's/^--msl_epochs=//p' "${full_args[0]#--flagfile=}")
+# The full-budget row's first epoch without MSL, read from its flags by the
+# same reader as results_tables.py's full-budget table.
+MSL_EPOCHS=$(python -c 'import sys; sys.path.insert(0, "scripts")
+import results_tables
+print(results_tables.full_budget_flags().get("msl_epochs", ""))')
 if ! [[ "$MSL_EPOCHS" =~ ^[0-9]+$ ]]; then
-  echo "error: no --msl_epochs=N in ${full_args[0]#--flagfile=}" >&2
+  echo "error: the full-budget row's flags set no --msl_epochs=N" \
+    "(bash scripts/run_reproduction.sh --args mamlpp_5w1s_full)" >&2
   exit 2
 fi
 # name|row|epoch: the rows of results_tables.py's ABLATION, in the paper's
