@@ -71,14 +71,16 @@ def _pct(mean: float, ci95: float) -> str:
 
 
 def _progress(workdir: pathlib.Path) -> str:
-    rows = _metrics(workdir)
     if not workdir.exists():
         return "not started"
-    return f"running: {len(rows)} epoch(s) done"
+    return f"running: {len(_metrics(workdir))} epoch(s) done"
 
 
-def _accuracy_cells(workdir: pathlib.Path) -> tuple[str, str]:
-    summary = _summary(workdir)
+def _accuracy_cells(
+    workdir: pathlib.Path, summary: dict | None
+) -> tuple[str, str]:
+    """The ensemble and single-best cells from the run's summary, or its
+    progress while it has none."""
     if summary is None:
         return _progress(workdir), ""
     ensemble = _pct(
@@ -92,9 +94,8 @@ def _accuracy_cells(workdir: pathlib.Path) -> tuple[str, str]:
     return ensemble, single
 
 
-def _interval(workdir: pathlib.Path) -> tuple[float, float] | None:
+def _interval(summary: dict | None) -> tuple[float, float] | None:
     """(test accuracy, its 95% half-width), or None before the test."""
-    summary = _summary(workdir)
     if summary is None:
         return None
     return summary["test_accuracy_mean"], summary["test_accuracy_ci95"]
@@ -125,7 +126,8 @@ def seed0_table(results: pathlib.Path) -> str:
         "|---|---|---|---|",
     ]
     for row, label, paper in SEED0:
-        ensemble, single = _accuracy_cells(results / row)
+        workdir = results / row
+        ensemble, single = _accuracy_cells(workdir, _summary(workdir))
         lines.append(f"| {label} | {ensemble} | {single} | {paper} |")
     return "\n".join(lines)
 
@@ -165,7 +167,7 @@ def full_budget_table(
     iterations = int(full["iterations_per_epoch"])
     msl_epochs = int(full["msl_epochs"])
     workdir = results / "mamlpp_5w1s_full"
-    ensemble, single = _accuracy_cells(workdir)
+    ensemble, single = _accuracy_cells(workdir, _summary(workdir))
     rows = _metrics(workdir)
     best = max(rows, key=lambda r: float(r["val_accuracy"]), default=None)
     best_val = (
@@ -224,8 +226,12 @@ def seed_table(results: pathlib.Path) -> str:
     intervals, stds = {}, {}
     for method, prefix in (("MAML++", "mamlpp"), ("MAML", "maml")):
         workdirs = [results / f"{prefix}_5w1s_s{seed}" for seed in SEEDS]
-        cells = [_accuracy_cells(workdir)[0] for workdir in workdirs]
-        found = [_interval(workdir) for workdir in workdirs]
+        summaries = [_summary(workdir) for workdir in workdirs]
+        cells = [
+            _accuracy_cells(workdir, summary)[0]
+            for workdir, summary in zip(workdirs, summaries)
+        ]
+        found = [_interval(summary) for summary in summaries]
         intervals[method] = [i for i in found if i is not None]
         accs = [100 * mean for mean, _ in intervals[method]]
         if len(accs) == len(SEEDS):
@@ -268,8 +274,9 @@ def ablation_table(results: pathlib.Path, timings: pathlib.Path | None) -> str:
     ]
     intervals = []
     for row, label in ABLATION:
-        ensemble, single = _accuracy_cells(results / row)
-        intervals.append((label, _interval(results / row)))
+        summary = _summary(results / row)
+        ensemble, single = _accuracy_cells(results / row, summary)
+        intervals.append((label, _interval(summary)))
         lines.append(
             f"| {label} | {ensemble} | {single} | "
             f"{_seconds_per_step(timings, row)} |"
