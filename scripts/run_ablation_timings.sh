@@ -11,7 +11,11 @@
 # `python scripts/results_tables.py --results=... --timings=OUT_DIR` puts in
 # the tables.
 #
-#   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS]
+#   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS] [NAME ...]
+#
+# NAMEs (default: all) pick measurements by the names above, e.g.
+# `mamlpp_5w1s_full.epoch0 mamlpp_5w1s_full.epoch10` for the full budget's
+# two alone; the others' files in OUT_DIR are left as they are.
 #
 # ROUNDS (default 1) passes over all the measurements, one after the other
 # in each pass, so that a slow spell of the machine hits every row alike;
@@ -26,13 +30,15 @@
 # command (default mamlpp-benchmark).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ $# -lt 1 ] || [ $# -gt 3 ] || [ "${1:0:1}" = "-" ]; then
-  echo "usage: $0 OUT_DIR [STEPS] [ROUNDS]" >&2
+if [ $# -lt 1 ] || [ "${1:0:1}" = "-" ]; then
+  echo "usage: $0 OUT_DIR [STEPS] [ROUNDS] [NAME ...]" >&2
   exit 2
 fi
 OUT=$1
 STEPS=${2:-10}
 ROUNDS=${3:-1}
+shift $(($# < 3 ? $# : 3))
+WANTED=("$@")
 if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ && "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: STEPS and ROUNDS are positive integers, got $STEPS $ROUNDS" >&2
   exit 2
@@ -60,6 +66,24 @@ MEASUREMENTS=(
   "mamlpp_5w1s_full.epoch0|mamlpp_5w1s_full|0"
   "mamlpp_5w1s_full.epoch$MSL_EPOCHS|mamlpp_5w1s_full|$MSL_EPOCHS"
 )
+if [ ${#WANTED[@]} -gt 0 ]; then
+  chosen=()
+  for wanted in "${WANTED[@]}"; do
+    found=""
+    for measurement in "${MEASUREMENTS[@]}"; do
+      if [ "${measurement%%|*}" = "$wanted" ]; then
+        chosen+=("$measurement")
+        found=1
+      fi
+    done
+    if [ -z "$found" ]; then
+      echo "error: no measurement named '$wanted'; the names are:" \
+        "${MEASUREMENTS[*]%%|*}" >&2
+      exit 2
+    fi
+  done
+  MEASUREMENTS=("${chosen[@]}")
+fi
 NAMES=()
 for measurement in "${MEASUREMENTS[@]}"; do
   NAMES+=("${measurement%%|*}")

@@ -113,6 +113,46 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
     assert "--total_epochs=4" not in full["args"]  # The flagfile as it is.
 
 
+def test_ablation_timings_measure_only_the_names_given(tmp_path):
+    fake = tmp_path / "fake_benchmark.py"
+    fake.write_text(
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "out = [a for a in args if a.startswith('--output_json=')][0]\n"
+        "json.dump({'seconds_per_iteration': 0.5, 'args': args},\n"
+        "          open(out.split('=', 1)[1], 'w'))\n"
+    )
+    out = tmp_path / "timings"
+    out.mkdir()
+    (out / "ablation_bn.json").write_text('{"seconds_per_iteration": 9.0}')
+    env = {**os.environ, "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"}
+    script = str(SCRIPTS / "run_ablation_timings.sh")
+    subprocess.run(
+        ["bash", script, str(out), "3", "1", "mamlpp_5w1s_full.epoch10"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    rows = sorted(p.name for p in out.glob("*.json") if ".round" not in p.name)
+    assert rows == ["ablation_bn.json", "mamlpp_5w1s_full.epoch10.json"]
+    # Another measurement's figures are kept, not re-measured or deleted.
+    assert results_tables._seconds_per_step(out, "ablation_bn") == "9.000 s"
+    full = json.loads((out / "mamlpp_5w1s_full.epoch10.json").read_text())
+    assert {"--epoch=10", "--steps=3"} <= set(full["args"])
+
+    unknown = subprocess.run(
+        ["bash", script, str(out), "3", "1", "mamlpp_5w1s_full.epoch7"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert unknown.returncode == 2
+    assert "no measurement named 'mamlpp_5w1s_full.epoch7'" in unknown.stderr
+    assert "mamlpp_5w1s_full.epoch0 mamlpp_5w1s_full.epoch10" in unknown.stderr
+
+
 def test_seed_table_spread_is_the_sample_std_over_seeds(tmp_path):
     for seed, (plus, plain) in enumerate(
         [(0.958, 0.940), (0.964, 0.965), (0.952, 0.930)]
