@@ -67,20 +67,18 @@ MEASUREMENTS=(
   "mamlpp_5w1s_full.epoch$MSL_EPOCHS|mamlpp_5w1s_full|$MSL_EPOCHS"
 )
 if [ ${#WANTED[@]} -gt 0 ]; then
+  declare -A BY_NAME
+  for measurement in "${MEASUREMENTS[@]}"; do
+    BY_NAME[${measurement%%|*}]=$measurement
+  done
   chosen=()
   for wanted in "${WANTED[@]}"; do
-    found=""
-    for measurement in "${MEASUREMENTS[@]}"; do
-      if [ "${measurement%%|*}" = "$wanted" ]; then
-        chosen+=("$measurement")
-        found=1
-      fi
-    done
-    if [ -z "$found" ]; then
+    if [ -z "$wanted" ] || [ -z "${BY_NAME[$wanted]:-}" ]; then
       echo "error: no measurement named '$wanted'; the names are:" \
         "${MEASUREMENTS[*]%%|*}" >&2
       exit 2
     fi
+    chosen+=("${BY_NAME[$wanted]}")
   done
   MEASUREMENTS=("${chosen[@]}")
 fi
