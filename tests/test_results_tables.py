@@ -64,10 +64,10 @@ def test_an_unknown_row_is_refused_with_exit_2():
     assert "--list shows the rows" in result.stderr
 
 
-def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
-    # A stand-in benchmark that records its arguments as the JSON figures;
-    # its time is 3.0, 1.0, 2.0 s in rounds 1, 2, 3 (8 measurements per
-    # round: the 6 ablation rows, the full budget at epochs 0 and 10).
+def _fake_benchmark(tmp_path, seconds):
+    """A stand-in mamlpp-benchmark that writes its arguments as its JSON
+    figures; `seconds` is a Python expression for seconds_per_iteration,
+    in which `calls` counts the earlier calls."""
     fake = tmp_path / "fake_benchmark.py"
     counter = tmp_path / "calls"
     fake.write_text(
@@ -77,10 +77,18 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
         "counter.write_text(str(calls + 1))\n"
         "args = sys.argv[1:]\n"
         "out = [a for a in args if a.startswith('--output_json=')][0]\n"
-        "seconds = [3.0, 1.0, 2.0][calls // 8]\n"
+        f"seconds = {seconds}\n"
         "json.dump({'seconds_per_iteration': seconds, 'args': args},\n"
         "          open(out.split('=', 1)[1], 'w'))\n"
     )
+    return fake
+
+
+def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
+    # A stand-in benchmark that records its arguments as the JSON figures;
+    # its time is 3.0, 1.0, 2.0 s in rounds 1, 2, 3 (8 measurements per
+    # round: the 6 ablation rows, the full budget at epochs 0 and 10).
+    fake = _fake_benchmark(tmp_path, "[3.0, 1.0, 2.0][calls // 8]")
     out = tmp_path / "timings"
     out.mkdir()
     (out / "ablation_bn.round4.json").write_text("{}")  # An earlier call's.
@@ -114,14 +122,7 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
 
 
 def test_ablation_timings_measure_only_the_names_given(tmp_path):
-    fake = tmp_path / "fake_benchmark.py"
-    fake.write_text(
-        "import json, sys\n"
-        "args = sys.argv[1:]\n"
-        "out = [a for a in args if a.startswith('--output_json=')][0]\n"
-        "json.dump({'seconds_per_iteration': 0.5, 'args': args},\n"
-        "          open(out.split('=', 1)[1], 'w'))\n"
-    )
+    fake = _fake_benchmark(tmp_path, "0.5")
     out = tmp_path / "timings"
     out.mkdir()
     (out / "ablation_bn.json").write_text('{"seconds_per_iteration": 9.0}')
