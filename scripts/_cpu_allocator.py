@@ -16,6 +16,12 @@ says what to use. The figures behind the choice, and what it costs in
 memory, are in BENCHMARKS.md ("CPU allocator").
 
     TF_CPU_ALLOCATOR_USE_BFC=false mamlpp-train ...   # back to malloc
+
+Where TensorFlow turns oneDNN on (its default on x86 CPUs with AVX-512
+VNNI/BF16 or AMX; `TF_ENABLE_ONEDNN_OPTS` overrides it), the setting
+`false` does not bring malloc back: TensorFlow's default CPU allocator is
+then its oneDNN allocator, which serves large blocks from a BFC pool of
+its own. `onednn_note()` is the line the apps log about it.
 """
 
 import os
@@ -54,3 +60,29 @@ def configure(environ=None) -> str:
             "process keeps the allocator it started with."
         )
     return note
+
+
+def onednn_note(onednn_enabled) -> str:
+    """Says what the allocator setting means next to oneDNN's state.
+
+    Args:
+      onednn_enabled: whether TensorFlow runs its oneDNN kernels (True or
+        False), or None when it could not be told.
+
+    Returns:
+      A line for the apps to log after TensorFlow has loaded.
+    """
+    if onednn_enabled is None:
+        return (
+            "oneDNN: could not tell whether TensorFlow runs its oneDNN "
+            "kernels; if it does, its oneDNN allocator (a BFC pool for large "
+            f"blocks) replaces malloc whatever {BFC_VARIABLE} says."
+        )
+    if onednn_enabled:
+        return (
+            "oneDNN: on, so TensorFlow's default CPU allocator is its oneDNN "
+            f"allocator (a BFC pool for large blocks): {BFC_VARIABLE}=false "
+            "does not bring malloc back here; TF_ENABLE_ONEDNN_OPTS=0 turns "
+            "oneDNN off."
+        )
+    return f"oneDNN: off; {BFC_VARIABLE} chooses between BFC and malloc."

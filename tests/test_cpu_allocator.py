@@ -40,8 +40,14 @@ except ValueError:
 """
 
 
+# With oneDNN on (TensorFlow's default on CPUs with AVX-512 VNNI/BF16 or
+# AMX), TensorFlow's default CPU allocator is its oneDNN allocator, which
+# pools large blocks with BFC whatever VARIABLE says; the probes pin
+# oneDNN off unless a test asks for it, so that they see VARIABLE's effect
+# on every machine.
 def _probe(**env) -> str:
     environ = {k: v for k, v in apps.ENV.items() if k != VARIABLE}
+    environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     environ.update(env)
     result = subprocess.run(
         [sys.executable, "-c", _PROBE],
@@ -62,3 +68,40 @@ def test_apps_start_tensorflow_with_bfc():
 def test_apps_keep_the_users_malloc():
     assert _probe(**{VARIABLE: "false"}) == "malloc"
 
+
+def test_with_onednn_on_false_still_pools_as_the_note_says():
+    assert (
+        _probe(**{VARIABLE: "false", "TF_ENABLE_ONEDNN_OPTS": "1"})
+        == "bfc True"
+    )
+
+
+_ONEDNN_PROBE = """
+from mamlpp_tf_scripts import _app
+print(_app._onednn_enabled())
+"""
+
+
+@pytest.mark.parametrize("value,expected", [("0", "False"), ("1", "True")])
+def test_the_apps_tell_whether_onednn_is_on(value, expected):
+    environ = {**apps.ENV, "TF_ENABLE_ONEDNN_OPTS": value}
+    result = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def test_the_onednn_note_names_each_state():
+    on = _cpu_allocator.onednn_note(True)
+    assert "on" in on and f"{VARIABLE}=false does not bring malloc back" in on
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in on
+    off = _cpu_allocator.onednn_note(False)
+    assert off.startswith("oneDNN: off") and "malloc" in off
+    unknown = _cpu_allocator.onednn_note(None)
+    assert unknown.startswith("oneDNN: could not tell")
