@@ -250,3 +250,18 @@ def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
     )
     assert table[6] == "| epoch | 1 | 10 | 20 |"
     assert table[8] == "| validation | 90.00% | 90.90% | 91.90% |"
+
+
+def test_readme_full_budget_tables_are_what_the_committed_run_prints():
+    # results/ holds the finished full-budget run's records; the README's
+    # part 1 must be their printout, not figures typed in by hand.
+    root = SCRIPTS.parent
+    printed = results_tables.full_budget_table(
+        root / "results", root / "results" / "timings_avx512"
+    )
+    assert "| 100 of 100 |" in printed
+    readme = (root / "README.md").read_text()
+    part = readme[readme.index("#### 1. The paper's full budget") :]
+    part = part[: part.index("#### 2.")]
+    for line in printed.splitlines():
+        assert line in part, line
