@@ -265,3 +265,14 @@ def test_readme_full_budget_tables_are_what_the_committed_run_prints():
     part = part[: part.index("#### 2.")]
     for line in printed.splitlines():
         assert line in part, line
+
+
+def test_readme_seed_rerun_table_is_what_the_committed_runs_print():
+    root = SCRIPTS.parent
+    printed = results_tables.seed_table(root / "results")
+    assert "3 of 3 seeds done" not in printed and "not started" not in printed
+    readme = (root / "README.md").read_text()
+    part = readme[readme.index("#### 2b. The same seed rows") :]
+    part = part[: part.index("#### 3.")]
+    for line in printed.splitlines():
+        assert line in part, line
