@@ -276,3 +276,16 @@ def test_readme_seed_rerun_table_is_what_the_committed_runs_print():
     part = part[: part.index("#### 3.")]
     for line in printed.splitlines():
         assert line in part, line
+
+
+def test_readme_ablation_rerun_table_is_what_the_committed_runs_print():
+    root = SCRIPTS.parent
+    printed = results_tables.ablation_table(
+        root / "results", root / "results" / "timings_avx512"
+    )
+    assert "not started" not in printed
+    readme = (root / "README.md").read_text()
+    part = readme[readme.index("#### 3b. The ablation, rerun") :]
+    part = part[: part.index("#### MAML++ and MAML on 20-way")]
+    for line in printed.splitlines():
+        assert line in part, line
