@@ -61,20 +61,6 @@ EXIT_BAD_REQUEST = 2
 SIGNAL_EXIT_BASE = 128
 
 
-def _onednn_enabled():
-    """Whether TensorFlow runs its oneDNN kernels; None if it cannot say.
-
-    The answer lives in a private TensorFlow module, so a TensorFlow
-    without it gives None rather than an error.
-    """
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return None
-    is_enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
-    return None if is_enabled is None else bool(is_enabled())
-
-
 def define_runtime_flags():
     """Defines the flags of `distribute.RuntimeConfig`, for the apps that run
     meta-steps: where and how they run, never what they compute.
@@ -244,7 +230,9 @@ def run(main, *, failure_hint: str = DEFAULT_FAILURE_HINT):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
         logging.info("%s", CPU_ALLOCATOR_NOTE)
-        logging.info("%s", _cpu_allocator.onednn_note(_onednn_enabled()))
+        logging.info(
+            "%s", _cpu_allocator.onednn_note(_cpu_allocator.onednn_enabled())
+        )
         try:
             return main(argv)
         except BadRequestError as error:

@@ -62,6 +62,20 @@ def configure(environ=None) -> str:
     return note
 
 
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels; None if it cannot say.
+
+    Call it after TensorFlow has loaded. The answer lives in a private
+    TensorFlow module, so a TensorFlow without it gives None, not an error.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    is_enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
+    return None if is_enabled is None else bool(is_enabled())
+
+
 def onednn_note(onednn_enabled) -> str:
     """Says what the allocator setting means next to oneDNN's state.
 

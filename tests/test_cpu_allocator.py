@@ -45,12 +45,12 @@ except ValueError:
 # pools large blocks with BFC whatever VARIABLE says; the probes pin
 # oneDNN off unless a test asks for it, so that they see VARIABLE's effect
 # on every machine.
-def _probe(**env) -> str:
+def _probe(source=_PROBE, **env) -> str:
     environ = {k: v for k, v in apps.ENV.items() if k != VARIABLE}
     environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     environ.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+        [sys.executable, "-c", source],
         capture_output=True,
         text=True,
         timeout=300,
@@ -78,23 +78,13 @@ def test_with_onednn_on_false_still_pools_as_the_note_says():
 
 _ONEDNN_PROBE = """
 from mamlpp_tf_scripts import _app
-print(_app._onednn_enabled())
+print(_app._cpu_allocator.onednn_enabled())
 """
 
 
 @pytest.mark.parametrize("value,expected", [("0", "False"), ("1", "True")])
 def test_the_apps_tell_whether_onednn_is_on(value, expected):
-    environ = {**apps.ENV, "TF_ENABLE_ONEDNN_OPTS": value}
-    result = subprocess.run(
-        [sys.executable, "-c", _ONEDNN_PROBE],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=environ,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == expected
+    assert _probe(_ONEDNN_PROBE, TF_ENABLE_ONEDNN_OPTS=value) == expected
 
 
 def test_the_onednn_note_names_each_state():

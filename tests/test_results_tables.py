@@ -252,40 +252,41 @@ def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
     assert table[8] == "| validation | 90.00% | 90.90% | 91.90% |"
 
 
-def test_readme_full_budget_tables_are_what_the_committed_run_prints():
-    # results/ holds the finished full-budget run's records; the README's
-    # part 1 must be their printout, not figures typed in by hand.
-    root = SCRIPTS.parent
-    printed = results_tables.full_budget_table(
-        root / "results", root / "results" / "timings_avx512"
-    )
-    assert "| 100 of 100 |" in printed
-    readme = (root / "README.md").read_text()
-    part = readme[readme.index("#### 1. The paper's full budget") :]
-    part = part[: part.index("#### 2.")]
+def _assert_readme_part_is(printed: str, start: str, end: str) -> None:
+    """Every line of `printed` is in the README between `start` and `end`."""
+    readme = (SCRIPTS.parent / "README.md").read_text()
+    part = readme[readme.index(start) :]
+    part = part[: part.index(end)]
     for line in printed.splitlines():
         assert line in part, line
+
+
+# results/ holds finished runs' records; the README parts below must be
+# their printout, not figures typed in by hand.
+RESULTS = SCRIPTS.parent / "results"
+
+
+def test_readme_full_budget_tables_are_what_the_committed_run_prints():
+    printed = results_tables.full_budget_table(
+        RESULTS, RESULTS / "timings_avx512"
+    )
+    assert "| 100 of 100 |" in printed
+    _assert_readme_part_is(
+        printed, "#### 1. The paper's full budget", "#### 2."
+    )
 
 
 def test_readme_seed_rerun_table_is_what_the_committed_runs_print():
-    root = SCRIPTS.parent
-    printed = results_tables.seed_table(root / "results")
-    assert "3 of 3 seeds done" not in printed and "not started" not in printed
-    readme = (root / "README.md").read_text()
-    part = readme[readme.index("#### 2b. The same seed rows") :]
-    part = part[: part.index("#### 3.")]
-    for line in printed.splitlines():
-        assert line in part, line
+    printed = results_tables.seed_table(RESULTS)
+    assert "seeds done" not in printed and "not started" not in printed
+    _assert_readme_part_is(printed, "#### 2b. The same seed rows", "#### 3.")
 
 
 def test_readme_ablation_rerun_table_is_what_the_committed_runs_print():
-    root = SCRIPTS.parent
-    printed = results_tables.ablation_table(
-        root / "results", root / "results" / "timings_avx512"
-    )
+    printed = results_tables.ablation_table(RESULTS, RESULTS / "timings_avx512")
     assert "not started" not in printed
-    readme = (root / "README.md").read_text()
-    part = readme[readme.index("#### 3b. The ablation, rerun") :]
-    part = part[: part.index("#### MAML++ and MAML on 20-way")]
-    for line in printed.splitlines():
-        assert line in part, line
+    _assert_readme_part_is(
+        printed,
+        "#### 3b. The ablation, rerun",
+        "#### MAML++ and MAML on 20-way",
+    )
