@@ -2,7 +2,7 @@
 # The README "Results" runs on real Omniglot, one named row each: the seed
 # spread and the ablation at the CPU budget (4 epochs x 500 meta-steps,
 # cosine annealing over those 4 epochs), and the paper's full budget
-# (the flagfile as it is: 100 x 500). Every row is the paper flagfile plus
+# (the flagfile as it is: 100 x 500) for 5-way and 20-way 1-shot. Every row is the paper flagfile plus
 # the overrides listed below, nothing else.
 #
 #   bash scripts/run_reproduction.sh RESULTS_DIR [ROW ...]   # default: all
@@ -48,6 +48,7 @@ ROWS=(
   "mamlpp_5w1s_s2|$MAMLPP|$CPU_BUDGET --seed=2"
   "maml_5w1s_s2|$MAML|$CPU_BUDGET --seed=2"
   "mamlpp_5w1s_full|$MAMLPP|--seed=0"
+  "mamlpp_20w1s_full|flags/maml++_omniglot_20way_1shot.cfg|--seed=0"
 )
 
 row_fields() {  # row_fields NAME: prints "flagfile|overrides", or fails.
