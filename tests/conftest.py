@@ -20,7 +20,10 @@ def omniglot_dir() -> pathlib.Path:
     elif not (pathlib.Path(value) / "images_background").is_dir():
         reason = f"{OMNIGLOT_ENV}={value} has no images_background/ folder"
     if reason is None:
-        return pathlib.Path(value)
+        # Absolute, so that a relative value (the README's default,
+        # ../shared/data/omniglot) still names the folder from a temporary
+        # directory, a subprocess's cwd or a symlink's target.
+        return pathlib.Path(value).resolve()
     message = (
         f"real Omniglot is needed and {reason}; point {OMNIGLOT_ENV} at the "
         "folder holding images_background/ and images_evaluation/ "
