@@ -4,13 +4,15 @@ import setuptools
 
 setuptools.setup(
     name="mamlpp_tf",
-    version="0.1.0",
+    version="0.2.0"  # Also mamlpp_tf.__version__ (tests/test_public_api.py).,
     description="MAML++ (How to Train Your MAML) in TensorFlow 2 / Keras 3.",
+    license="Apache-2.0",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # scripts/ holds the absl apps; it is installed as the package
-    # `mamlpp_tf_scripts` so that the console scripts below can import it.
+    # scripts/ holds the absl apps and nothing else; it is installed as the
+    # package `mamlpp_tf_scripts` so that the console scripts below can
+    # import it. The repository's own tooling is in tools/, not installed.
     packages=setuptools.find_packages(include=["mamlpp_tf", "mamlpp_tf.*"])
     + ["mamlpp_tf_scripts"],
     package_dir={"mamlpp_tf_scripts": "scripts"},
@@ -29,7 +31,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
-        # scripts/plot_learning_curves.py only.
+        # tools/plot_learning_curves.py only.
         "plots": ["matplotlib>=3.7"],
     },
     entry_points={

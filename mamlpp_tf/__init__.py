@@ -14,7 +14,7 @@ from mamlpp_tf.schedules import cosine_lr
 from mamlpp_tf.schedules import msl_weights
 from mamlpp_tf.training import train_and_evaluate
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # Also setup.py's version.
 
 __all__ = [
     "ExperimentConfig",

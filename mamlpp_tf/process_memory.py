@@ -19,7 +19,7 @@ than the interval; the sampled resident peak against the kernel's exact
 VmHWM shows how much was missed.
 
 The module uses only the standard library, so the authors' PyTorch
-benchmark (scripts/benchmark_authors.py) loads the same sampler by path
+benchmark (tools/benchmark_authors.py) loads the same sampler by path
 without importing TensorFlow.
 """
 

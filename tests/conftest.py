@@ -2,8 +2,14 @@
 
 import os
 import pathlib
+import sys
 
 import pytest
+
+# The repository's own tooling (tools/: results tables, benchmark tables,
+# import footprints) is not installed; its tests import it from there.
+TOOLS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS_DIR))
 
 # .ci/run points this at ../shared/data/omniglot. In CI the real-data tests
 # must run, so a missing folder there is a failure, not a skip.

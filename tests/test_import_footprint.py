@@ -1,10 +1,10 @@
-"""scripts/import_footprint.py on cheap imports (no TensorFlow child)."""
+"""tools/import_footprint.py on cheap imports (no TensorFlow child)."""
 
 import sys
 
 import pytest
 
-from mamlpp_tf_scripts import import_footprint
+import import_footprint  # tools/, on sys.path from conftest.py
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"),

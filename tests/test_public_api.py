@@ -79,3 +79,33 @@ def test_library_code_never_imports_absl_flags():
     assert offenders == [], (
         "Only scripts/ may define or read flags; the library takes configs."
     )
+
+
+REPO = PACKAGE_DIR.parent
+# What setup.py installs from scripts/ as mamlpp_tf_scripts: the apps and
+# their private helpers. Everything else the repository runs is in tools/.
+INSTALLED_SCRIPTS = {
+    "__init__.py",
+    "_app.py",
+    "_cpu_allocator.py",
+    "benchmark.py",
+    "evaluate.py",
+    "export.py",
+    "predict.py",
+    "train.py",
+}
+
+
+def test_setup_py_and_the_package_give_the_same_version():
+    setup = (REPO / "setup.py").read_text(encoding="utf-8")
+    versions = re.findall(r'^\s*version="([^"]+)"', setup, re.MULTILINE)
+    assert versions == [mamlpp_tf.__version__]
+
+
+def test_only_the_apps_are_installed():
+    assert {p.name for p in (REPO / "scripts").iterdir()} - {
+        "__pycache__"
+    } == INSTALLED_SCRIPTS
+    setup = (REPO / "setup.py").read_text(encoding="utf-8")
+    modules = set(re.findall(r"=mamlpp_tf_scripts\.(\w+):run", setup))
+    assert modules == {"train", "evaluate", "export", "benchmark", "predict"}

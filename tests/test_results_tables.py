@@ -10,9 +10,10 @@ import pathlib
 import subprocess
 import sys
 
-from mamlpp_tf_scripts import results_tables
+import results_tables  # tools/, on sys.path from conftest.py
 
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
 
 
 def _finished(workdir: pathlib.Path, mean: float, ci95: float) -> None:
@@ -34,7 +35,7 @@ def test_row_flags_are_the_flagfile_and_its_overrides():
     out = subprocess.run(
         [
             "bash",
-            str(SCRIPTS / "run_reproduction.sh"),
+            str(TOOLS / "run_reproduction.sh"),
             "--args",
             "ablation_bn_lslr",
         ],
@@ -55,7 +56,7 @@ def test_row_flags_are_the_flagfile_and_its_overrides():
 
 def test_an_unknown_row_is_refused_with_exit_2():
     result = subprocess.run(
-        ["bash", str(SCRIPTS / "run_reproduction.sh"), "--args", "nope"],
+        ["bash", str(TOOLS / "run_reproduction.sh"), "--args", "nope"],
         capture_output=True,
         text=True,
         check=False,
@@ -93,7 +94,7 @@ def test_ablation_timings_benchmark_each_row_with_its_own_flags(tmp_path):
     out.mkdir()
     (out / "ablation_bn.round4.json").write_text("{}")  # An earlier call's.
     subprocess.run(
-        ["bash", str(SCRIPTS / "run_ablation_timings.sh"), str(out), "4", "3"],
+        ["bash", str(TOOLS / "run_ablation_timings.sh"), str(out), "4", "3"],
         capture_output=True,
         text=True,
         check=True,
@@ -127,7 +128,7 @@ def test_ablation_timings_measure_only_the_names_given(tmp_path):
     out.mkdir()
     (out / "ablation_bn.json").write_text('{"seconds_per_iteration": 9.0}')
     env = {**os.environ, "MAMLPP_BENCHMARK": f"{sys.executable} {fake}"}
-    script = str(SCRIPTS / "run_ablation_timings.sh")
+    script = str(TOOLS / "run_ablation_timings.sh")
     subprocess.run(
         ["bash", script, str(out), "3", "1", "mamlpp_5w1s_full.epoch10"],
         capture_output=True,
@@ -254,7 +255,7 @@ def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
 
 def _assert_readme_part_is(printed: str, start: str, end: str) -> None:
     """Every line of `printed` is in the README between `start` and `end`."""
-    readme = (SCRIPTS.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     part = readme[readme.index(start) :]
     part = part[: part.index(end)]
     for line in printed.splitlines():
@@ -263,7 +264,7 @@ def _assert_readme_part_is(printed: str, start: str, end: str) -> None:
 
 # results/ holds finished runs' records; the README parts below must be
 # their printout, not figures typed in by hand.
-RESULTS = SCRIPTS.parent / "results"
+RESULTS = REPO / "results"
 
 
 def test_readme_full_budget_tables_are_what_the_committed_run_prints():

@@ -6,7 +6,7 @@ ours, memory in GB with what the process holds above its import.
 
 import json
 
-from mamlpp_tf_scripts import side_by_side_table
+import side_by_side_table  # tools/, on sys.path from conftest.py
 
 
 def _write(folder, name, seconds, peak, imported=None, **extra):

@@ -1,6 +1,6 @@
 """Prints BENCHMARKS.md's side-by-side tables from run_side_by_side.sh.
 
-  python scripts/side_by_side_table.py OUT_DIR
+  python tools/side_by_side_table.py OUT_DIR
 
 Reads OUT_DIR/<config>_<phase>_{ours,authors}.json and the memory-option
 files <config>_train_msl_ours+tasks<N>[+malloc].json. Speed-up is the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's side-by-side table: every MAML++ paper configuration, ours
 # (mamlpp-benchmark, the defaults) and the authors' PyTorch code
-# (scripts/benchmark_authors.py on their experiment config), one right after
+# (tools/benchmark_authors.py on their experiment config), one right after
 # the other, on random inputs of the same shapes:
 #   train_msl     training at epoch 0: second order, MSL on;
 #   train_no_msl  training at epoch 20: second order, MSL annealed out;
@@ -11,17 +11,17 @@
 # of TensorFlow's BFC allocator.
 #
 #   [ONLY="mini_imagenet_5way_1shot ..."] [WARMUP=1] [MEMORY_OPTIONS=1] \
-#     bash scripts/run_side_by_side.sh OUT_DIR AUTHORS_DIR TORCH_PYTHON [STEPS]
+#     bash tools/run_side_by_side.sh OUT_DIR AUTHORS_DIR TORCH_PYTHON [STEPS]
 #
 # A memory-only pass (peaks are reached in the first call; the speeds of
 # one step are not figures to quote) skips the warm-up and the options:
-#   WARMUP=0 MEMORY_OPTIONS=0 bash scripts/run_side_by_side.sh OUT AUTH PY 1
+#   WARMUP=0 MEMORY_OPTIONS=0 bash tools/run_side_by_side.sh OUT AUTH PY 1
 #
 # AUTHORS_DIR: a checkout of AntreasAntoniou/HowToTrainYourMAMLPytorch;
 # TORCH_PYTHON: a Python with torch, numpy and absl-py (not TensorFlow).
 # Nothing else may run on the machine meanwhile (pause training runs with
 # SIGTERM; they resume exactly). One JSON and one log per measurement in
-# OUT_DIR; `python scripts/side_by_side_table.py OUT_DIR` tabulates them.
+# OUT_DIR; `python tools/side_by_side_table.py OUT_DIR` tabulates them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -76,7 +76,7 @@ for pair in "${CONFIGS[@]}"; do
       --flagfile="flags/maml++_$exp.cfg" --steps="$STEPS" --warmup="$WARMUP" $args
     # shellcheck disable=SC2086
     measure "${exp}_${tag}_authors" "$TORCH_PYTHON" \
-      scripts/benchmark_authors.py --authors_dir="$AUTHORS" \
+      tools/benchmark_authors.py --authors_dir="$AUTHORS" \
       --config="$theirs" --steps="$STEPS" --warmup="$WARMUP" $args
   done
 done
@@ -96,4 +96,4 @@ for exp in mini_imagenet_5way_1shot mini_imagenet_5way_5shot omniglot_20way_5sho
       --phase=train --epoch=0 --parallel_tasks="$tasks"
   done
 done
-python scripts/side_by_side_table.py "$OUT"
+python tools/side_by_side_table.py "$OUT"

@@ -1,6 +1,6 @@
 """Plots validation accuracy per epoch for several run directories.
 
-  python scripts/plot_learning_curves.py \
+  python tools/plot_learning_curves.py \
       --run=MAML++=runs/results/mamlpp_5w1s --run=MAML=runs/results/maml_5w1s \
       --output=docs/learning_curves.png
 

@@ -5,9 +5,9 @@
 # (the flagfile as it is: 100 x 500) for 5-way and 20-way 1-shot. Every row is the paper flagfile plus
 # the overrides listed below, nothing else.
 #
-#   bash scripts/run_reproduction.sh RESULTS_DIR [ROW ...]   # default: all
-#   bash scripts/run_reproduction.sh --list                  # rows, commands
-#   bash scripts/run_reproduction.sh --args ROW              # a row's flags
+#   bash tools/run_reproduction.sh RESULTS_DIR [ROW ...]   # default: all
+#   bash tools/run_reproduction.sh --list                  # rows, commands
+#   bash tools/run_reproduction.sh --args ROW              # a row's flags
 #
 # Rows run one after the other, in the order given. A row whose run
 # directory has test_summary.json is done and skipped; any other row is

@@ -1,9 +1,9 @@
 """Prints the README "Results" tables from the run directories.
 
-  python scripts/results_tables.py --results=RESULTS_DIR \
+  python tools/results_tables.py --results=RESULTS_DIR \
       [--timings=BENCH_DIR]
 
-RESULTS_DIR is what `scripts/run_reproduction.sh RESULTS_DIR` fills: one
+RESULTS_DIR is what `tools/run_reproduction.sh RESULTS_DIR` fills: one
 run directory per row. Every accuracy comes from a run's
 test_summary.json (the top-k logit ensemble, and the single best epoch by
 validation accuracy), every curve point from its metrics.csv. A row whose
@@ -11,7 +11,7 @@ run has not finished is printed as such, with its progress.
 
 --timings: a folder of `mamlpp-benchmark --output_json` files named
 `<row>.json` and `mamlpp_5w1s_full.epoch<E>.json`
-(scripts/run_ablation_timings.sh writes them), for the ablation's and the
+(tools/run_ablation_timings.sh writes them), for the ablation's and the
 full budget's seconds per meta-step. Training runs share the machine with
 other work, so their own wall times are not used as speed figures.
 
@@ -144,7 +144,7 @@ def full_budget_flags() -> dict[str, str]:
     args = subprocess.run(
         [
             "bash",
-            str(_REPO / "scripts" / "run_reproduction.sh"),
+            str(_REPO / "tools" / "run_reproduction.sh"),
             "--args",
             "mamlpp_5w1s_full",
         ],

@@ -7,7 +7,7 @@
 # mixed precision and fused batch norm, training at epoch 0 and 20.
 # Random inputs of the real shapes; one JSON per measurement in $OUT.
 #
-#   bash scripts/run_benchmarks.sh [OUT_DIR] [STEPS] [-- extra mamlpp-benchmark flags]
+#   bash tools/run_benchmarks.sh [OUT_DIR] [STEPS] [-- extra mamlpp-benchmark flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/benchmarks}
@@ -42,4 +42,4 @@ for exp in omniglot_5way_1shot mini_imagenet_5way_1shot; do
     bench "${exp}+${tag}_train_no_msl" "$flagfile" --phase=train --epoch=20 "$option"
   done
 done
-python scripts/benchmark_table.py "$OUT"
+python tools/benchmark_table.py "$OUT"

@@ -1,6 +1,6 @@
 """Times the data pipeline: preparation, loading and episodes per second.
 
-    python scripts/benchmark_data.py \
+    python tools/benchmark_data.py \
         --omniglot_dir=../shared/data/omniglot --workdir=/tmp/bench_data
 
 Omniglot: 20-way 1-shot, 1 query, meta-batch 8, rotations on (the authors'

@@ -1,6 +1,6 @@
 """Prints the Markdown table of the JSON files run_benchmarks.sh wrote.
 
-  python scripts/benchmark_table.py runs/benchmarks
+  python tools/benchmark_table.py runs/benchmarks
 """
 
 import json

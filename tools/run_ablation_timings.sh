@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Results tables' seconds per meta-step: for each ablation row of
-# scripts/run_reproduction.sh, mamlpp-benchmark with exactly that row's
+# tools/run_reproduction.sh, mamlpp-benchmark with exactly that row's
 # flagfile and overrides, at epoch 0 (the epoch every row starts in: MSL on
 # where the row has it, first order for the DA row), on random inputs of
 # the row's shapes; and for the full-budget row (mamlpp_5w1s_full), its two
@@ -8,10 +8,10 @@
 # 10-99; 10 is the flagfile's --msl_epochs). One `<name>.json` and
 # `<name>.log` per measurement in OUT_DIR (`<row>` for the ablation rows,
 # `mamlpp_5w1s_full.epoch<E>` for the full budget), which
-# `python scripts/results_tables.py --results=... --timings=OUT_DIR` puts in
+# `python tools/results_tables.py --results=... --timings=OUT_DIR` puts in
 # the tables.
 #
-#   bash scripts/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS] [NAME ...]
+#   bash tools/run_ablation_timings.sh OUT_DIR [STEPS] [ROUNDS] [NAME ...]
 #
 # NAMEs (default: all) pick measurements by the names above, e.g.
 # `mamlpp_5w1s_full.epoch0 mamlpp_5w1s_full.epoch10` for the full budget's
@@ -46,12 +46,12 @@ fi
 read -r -a BENCHMARK <<<"${MAMLPP_BENCHMARK:-mamlpp-benchmark}"
 # The full-budget row's first epoch without MSL, read from its flags by the
 # same reader as results_tables.py's full-budget table.
-MSL_EPOCHS=$(python -c 'import sys; sys.path.insert(0, "scripts")
+MSL_EPOCHS=$(python -c 'import sys; sys.path.insert(0, "tools")
 import results_tables
 print(results_tables.full_budget_flags().get("msl_epochs", ""))')
 if ! [[ "$MSL_EPOCHS" =~ ^[0-9]+$ ]]; then
   echo "error: the full-budget row's flags set no --msl_epochs=N" \
-    "(bash scripts/run_reproduction.sh --args mamlpp_5w1s_full)" >&2
+    "(bash tools/run_reproduction.sh --args mamlpp_5w1s_full)" >&2
   exit 2
 fi
 # name|row|epoch: the rows of results_tables.py's ABLATION, in the paper's
@@ -96,7 +96,7 @@ status=0
 for round in $(seq 1 "$ROUNDS"); do
   for measurement in "${MEASUREMENTS[@]}"; do
     IFS="|" read -r base row epoch <<<"$measurement"
-    mapfile -t args < <(bash scripts/run_reproduction.sh --args "$row")
+    mapfile -t args < <(bash tools/run_reproduction.sh --args "$row")
     name="$base.round$round"
     command=("${BENCHMARK[@]}" "${args[@]}" --phase=train "--epoch=$epoch"
       "--steps=$STEPS" --warmup=2 "--output_json=$OUT/$name.json")
