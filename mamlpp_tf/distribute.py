@@ -51,15 +51,15 @@ class RuntimeConfig:
         `cpu_quota.available_cpus() // parallel_tasks` (at least 1) on a
         host without GPUs: the CPUs this process may use (its affinity
         mask, capped by a cgroup CPU quota), not every CPU of the host,
-        shared by the tasks in flight (measured fastest on our 2-core CPU,
-        see BENCHMARKS.md); TensorFlow's default elsewhere.
+        shared by the tasks in flight (measured fastest on a 2-core CPU,
+        see docs/benchmarks.md); TensorFlow's default elsewhere.
       per_step_accuracy: score the query set after every inner step (a
         diagnostic; the authors' code and the default score it only where
         its loss counts, which saves num_steps - 1 query passes per task
         when MSL is off and in evaluation).
       fused_batch_norm: batch norm through TensorFlow's fused kernels:
         faster on large images, less precise in float32 on CPU (see
-        BENCHMARKS.md).
+        docs/benchmarks.md).
     """
 
     strategy: str = "default"
@@ -123,7 +123,7 @@ class RuntimeConfig:
 # image's convolutions are too short to keep two threads busy, so two tasks
 # with one thread each are much faster; a large image's keep both cores
 # busy, and a second task in flight holds a second set of activations for
-# the outer backward pass for a small gain. Measured (BENCHMARKS.md):
+# the outer backward pass for a small gain. Measured (docs/benchmarks.md):
 # mini-ImageNet 5w1s 9.75 s and 3.16 GB with one task, 8.93 s and 3.73 GB
 # with two; 5w5s 15.37 s and 4.41 GB with one, 13.31 s and 11.15 GB with
 # two, above the authors' 8.26 GB. So the default is one task there.

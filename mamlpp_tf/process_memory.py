@@ -11,7 +11,7 @@ what `getrusage` reports as ru_maxrss) but not of its two parts:
   must stay in memory (or go to swap) while the process runs.
 
 TensorFlow's libraries put about 0.37 GB of file pages into the resident
-set when imported and PyTorch's about 0.08 GB (BENCHMARKS.md), so peak RSS
+set when imported and PyTorch's about 0.08 GB (docs/benchmarks.md), so peak RSS
 compares the sizes of two frameworks' libraries as well as what a meta-step
 holds. `PeakSampler` keeps both peaks, read every `interval_seconds` from
 /proc/self/statm in a background thread. A sample can miss a peak shorter

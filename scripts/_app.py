@@ -109,7 +109,7 @@ def define_runtime_flags():
         "for images of up to 32x32 pixels, e.g. Omniglot, 1 for larger ones, "
         "e.g. mini-ImageNet, whose convolutions use every core: 2 there is "
         "9-16% faster for 18% (1-shot) to 150% (5-shot) more memory; see "
-        "BENCHMARKS.md).",
+        "docs/benchmarks.md).",
         lower_bound=1,
     )
     intra_op_threads = flags.DEFINE_integer(
@@ -132,7 +132,7 @@ def define_runtime_flags():
         False,
         "Batch norm through TensorFlow's fused kernels: 20% faster meta-steps "
         "on mini-ImageNet on CPU; how close their float32 results come to "
-        "the authors' depends on the CPU (README, Fidelity).",
+        "the authors' depends on the CPU (docs/fidelity.md).",
     )
 
     def runtime_config() -> distribute.RuntimeConfig:

@@ -9,11 +9,11 @@ malloc. glibc serves requests above its mmap threshold (at most 32 MiB) with
 a fresh mmap each time and unmaps them on free, so a meta-step of a large
 configuration (mini-ImageNet: a 75-image activation of 48 channels at
 84x84 is 100 MB) maps, page-faults, zeroes and unmaps gigabytes per step:
-half of the wall time went to the kernel (BENCHMARKS.md). TensorFlow's own
-best-fit-with-coalescing (BFC) allocator keeps the memory it mapped and
+half of the wall time went to the kernel (docs/benchmarks.md). TensorFlow's
+own best-fit-with-coalescing (BFC) allocator keeps the memory it mapped and
 reuses it, so the apps turn it on unless the user's environment already
 says what to use. The figures behind the choice, and what it costs in
-memory, are in BENCHMARKS.md ("CPU allocator").
+memory, are in docs/benchmarks.md ("The allocator under load").
 
     TF_CPU_ALLOCATOR_USE_BFC=false mamlpp-train ...   # back to malloc
 

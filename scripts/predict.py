@@ -52,7 +52,7 @@ _QUERY_BATCH_SIZE = flags.DEFINE_integer(
     None,
     "Score the queries this many at a time, in sorted order (unset: all at "
     "once). With transductive batch norm the images scored together shift "
-    "each other's predictions; see README 'Your own data'.",
+    "each other's predictions; see docs/own_data.md.",
     lower_bound=1,
 )
 

@@ -88,8 +88,7 @@ _IMAGE_SIZE = flags.DEFINE(
     "image_size",
     None,
     "image_folder: the H,W (or one number for square) that every image is "
-    "resized to (area filter, aspect ratio not kept; README 'Your own "
-    "data').",
+    "resized to (area filter, aspect ratio not kept; docs/own_data.md).",
     serializer=flags.ListSerializer(","),
 )
 _IMAGE_CHANNELS = flags.DEFINE_enum(

@@ -1,4 +1,4 @@
-"""The README Results tooling: row flags, the ablation timings, the tables.
+"""The docs/results.md tooling: row flags, the ablation timings, the tables.
 
 The tables are checked on made-up run directories against figures worked
 out by hand, so a wrong spread or a wrong overlap rule fails.
@@ -253,41 +253,54 @@ def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
     assert table[8] == "| validation | 90.00% | 90.90% | 91.90% |"
 
 
-def _assert_readme_part_is(printed: str, start: str, end: str) -> None:
-    """Every line of `printed` is in the README between `start` and `end`."""
-    readme = (REPO / "README.md").read_text()
-    part = readme[readme.index(start) :]
-    part = part[: part.index(end)]
+def _assert_page_part_is(
+    printed: str, page: str, start: str, end: str | None
+) -> None:
+    """Every line of `printed` is in `page` between `start` and `end`."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    part = text[text.index(start) + len(start) :]
+    part = part[: part.index(end)] if end is not None else part
     for line in printed.splitlines():
         assert line in part, line
 
 
-# results/ holds finished runs' records; the README parts below must be
-# their printout, not figures typed in by hand.
+# results/ holds finished runs' records; the docs/results.md parts below
+# must be their printout, not figures typed in by hand.
 RESULTS = REPO / "results"
+RESULTS_PAGE = "docs/results.md"
 
 
-def test_readme_full_budget_tables_are_what_the_committed_run_prints():
+def test_full_budget_tables_are_what_the_committed_run_prints():
     printed = results_tables.full_budget_table(
         RESULTS, RESULTS / "timings_avx512"
     )
     assert "| 100 of 100 |" in printed
-    _assert_readme_part_is(
-        printed, "#### 1. The paper's full budget", "#### 2."
+    _assert_page_part_is(
+        printed, RESULTS_PAGE, "## 1. The paper's full budget", "## 2."
     )
 
 
-def test_readme_seed_rerun_table_is_what_the_committed_runs_print():
+def test_readme_results_table_is_the_full_budget_row_printed():
+    # The README's one table: the header and the full-budget row, beside
+    # the paper's figure.
+    printed = results_tables.full_budget_table(RESULTS).splitlines()[:3]
+    assert printed[2].endswith(f"| {results_tables.PAPER_MAMLPP_5W1S}% |")
+    _assert_page_part_is(
+        "\n".join(printed), "README.md", "## Results", "## "
+    )
+
+
+def test_seed_rerun_table_is_what_the_committed_runs_print():
     printed = results_tables.seed_table(RESULTS)
     assert "seeds done" not in printed and "not started" not in printed
-    _assert_readme_part_is(printed, "#### 2b. The same seed rows", "#### 3.")
+    _assert_page_part_is(
+        printed, RESULTS_PAGE, "## 2b. The same seed rows", "## 3."
+    )
 
 
-def test_readme_ablation_rerun_table_is_what_the_committed_runs_print():
+def test_ablation_rerun_table_is_what_the_committed_runs_print():
     printed = results_tables.ablation_table(RESULTS, RESULTS / "timings_avx512")
     assert "not started" not in printed
-    _assert_readme_part_is(
-        printed,
-        "#### 3b. The ablation, rerun",
-        "#### MAML++ and MAML on 20-way",
+    _assert_page_part_is(
+        printed, RESULTS_PAGE, "## 3b. The ablation on", "## 4."
     )

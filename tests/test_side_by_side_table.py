@@ -1,4 +1,4 @@
-"""BENCHMARKS.md's side-by-side tables, on made-up benchmark files.
+"""docs/benchmarks.md's side-by-side tables, on made-up benchmark files.
 
 Expected cells are worked out by hand: speed-up = the authors' seconds over
 ours, memory in GB with what the process holds above its import.

@@ -1,4 +1,4 @@
-"""Times the authors' PyTorch MAML++ meta-step: the comparator of BENCHMARKS.
+"""Times the authors' PyTorch MAML++ meta-step: the comparator of docs/benchmarks.md.
 
 Runs the meta-step of AntreasAntoniou/HowToTrainYourMAMLPytorch (a checkout
 of it, never part of this repository) on random inputs of one of their

@@ -12,7 +12,7 @@ part, and the file pages of the libraries (the rest). Rows:
   project's `plots` extra);
 - `import torch` in --torch_python, where given: the authors' framework.
 
-BENCHMARKS.md ("Peak RSS against private memory") quotes these figures.
+docs/benchmarks.md ("Peak RSS against private memory") quotes these figures.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Prints the README "Results" tables from the run directories.
+"""Prints the docs/results.md tables from the run directories.
 
   python tools/results_tables.py --results=RESULTS_DIR \
       [--timings=BENCH_DIR]

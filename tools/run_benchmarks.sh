@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md's step-time table: every MAML++ paper configuration, as
+# docs/benchmarks.md's step-time table: every MAML++ paper configuration, as
 # (a) training at epoch 0 (second order, MSL on, as the flagfiles start),
 # (b) training after MSL has annealed out (epoch 20: final-step loss only),
 # (c) training first order (DA's first phase), and (d) evaluation.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README "Results" runs on real Omniglot, one named row each: the seed
+# The docs/results.md runs on real Omniglot, one named row each: the seed
 # spread and the ablation at the CPU budget (4 epochs x 500 meta-steps,
 # cosine annealing over those 4 epochs), and the paper's full budget
 # (the flagfile as it is: 100 x 500) for 5-way and 20-way 1-shot. Every row is the paper flagfile plus

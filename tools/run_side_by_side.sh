@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md's side-by-side table: every MAML++ paper configuration, ours
+# docs/benchmarks.md's side-by-side table: every MAML++ paper configuration, ours
 # (mamlpp-benchmark, the defaults) and the authors' PyTorch code
 # (tools/benchmark_authors.py on their experiment config), one right after
 # the other, on random inputs of the same shapes:

@@ -1,4 +1,4 @@
-"""Prints BENCHMARKS.md's side-by-side tables from run_side_by_side.sh.
+"""Prints docs/benchmarks.md's side-by-side tables from run_side_by_side.sh.
 
   python tools/side_by_side_table.py OUT_DIR
 

@@ -54,10 +54,10 @@ def fused_normalize(inputs, gamma, beta, epsilon):
     FusedBatchNormV3's gradient is FusedBatchNormGradV3, whose own gradient
     TensorFlow differentiates from the full formula (mean and variance both
     depend on the inputs). Fewer, larger kernels than the written-out form:
-    faster on large images (mini-ImageNet, BENCHMARKS.md). Its float32
+    faster on large images (mini-ImageNet, docs/benchmarks.md). Its float32
     rounding differs from the written-out form's and depends on the CPU's
     kernels (`pytest tests/test_golden.py -s` prints both distances to the
-    authors' meta-gradient; README "Fidelity"), so it is opt-in.
+    authors' meta-gradient; docs/fidelity.md), so it is opt-in.
     """
     outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         inputs, gamma, beta, epsilon=epsilon, data_format="NHWC",

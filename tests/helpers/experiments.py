@@ -9,7 +9,7 @@ from mamlpp_tf import experiment
 # 4 stages need at least 16x16 images; few classes keep preparation fast.
 IMAGE_SHAPE = (16, 16, 1)
 
-# What a finished run directory holds (README "Run directory"); a
+# What a finished run directory holds (docs/apps.md, "Run directory"); a
 # multi-worker run adds "workers".
 RUN_DIRECTORY_ENTRIES = [
     "checkpoints",
