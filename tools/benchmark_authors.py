@@ -4,7 +4,7 @@ Runs the meta-step of AntreasAntoniou/HowToTrainYourMAMLPytorch (a checkout
 of it, never part of this repository) on random inputs of one of their
 experiment configs, and prints the same figures as `mamlpp-benchmark`:
 
-  python tools/benchmark_authors.py --authors_dir=~/authors \
+  python tools/benchmark_authors.py --authors_dir=AUTHORS_DIR \
       --config=omniglot_maml++-omniglot_1_8_0.1_64_5_0 \
       [--phase=train|eval] [--epoch=E] [--steps=N] [--warmup=W] \
       [--output_json=FILE]

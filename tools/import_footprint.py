@@ -1,6 +1,6 @@
 """What a framework holds in memory once imported, before building anything.
 
-  python tools/import_footprint.py [--torch_python=~/torchenv/bin/python]
+  python tools/import_footprint.py [--torch_python=TORCH_VENV/bin/python]
 
 Each figure comes from a fresh interpreter that runs only the import and
 then reads /proc/self/statm: the resident set, its private (anonymous)
