@@ -23,19 +23,18 @@ and peak_anon_bytes its private part without the shared libraries' pages,
 sampled as ours samples it (mamlpp_tf/process_memory.py).
 """
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 
 from absl import app
 from absl import flags
+
+import authors_code  # tools/authors_code.py, beside this file.
 
 _AUTHORS_DIR = flags.DEFINE_string(
     "authors_dir",
@@ -65,37 +64,6 @@ _WARMUP = flags.DEFINE_integer(
 _OUTPUT_JSON = flags.DEFINE_string(
     "output_json", None, "Also write the figures here."
 )
-
-
-def _authors_model(authors_dir: pathlib.Path, config_path: pathlib.Path):
-    """Their MAMLFewShotClassifier and args, built as their train script."""
-    sys.path.insert(0, str(authors_dir))
-    # Their get_args() reads sys.argv and joins dataset_path to DATASET_DIR;
-    # no data is read here, so any folder will do.
-    os.environ.setdefault("DATASET_DIR", str(authors_dir / "datasets"))
-    argv, sys.argv = (
-        sys.argv,
-        ["train_maml_system.py", "--name_of_args_json_file", str(config_path)],
-    )
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Prints every arg.
-            from few_shot_learning_system import MAMLFewShotClassifier
-            from utils.parser_utils import get_args
-
-            args, device = get_args()
-            model = MAMLFewShotClassifier(
-                args=args,
-                device=device,
-                im_shape=(
-                    2,
-                    args.image_channels,
-                    args.image_height,
-                    args.image_width,
-                ),
-            )
-    finally:
-        sys.argv = argv
-    return model, args
 
 
 def _random_batch(args, seed: int = 0):
@@ -153,12 +121,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     authors_dir = pathlib.Path(_AUTHORS_DIR.value).expanduser().resolve()
-    config_path = authors_dir / "experiment_config" / f"{_CONFIG.value}.json"
-    if not config_path.is_file():
-        sys.exit(
-            f"error: no {config_path}; --config names one of "
-            f"{authors_dir / 'experiment_config'}/*.json without .json"
-        )
+    config_path = authors_code.config_path(authors_dir, _CONFIG.value)
     import torch
 
     # PyTorch's own footprint once imported, before their code builds
@@ -167,7 +130,7 @@ def main(argv):
     import_rss = process_memory.exact_peak_rss_bytes()
     _, import_anon = process_memory.read_statm()
     sampler = process_memory.PeakSampler().start()
-    model, args = _authors_model(authors_dir, config_path)
+    model, args = authors_code.build_model(authors_dir, config_path)
     batch = _random_batch(args)
 
     def step():
