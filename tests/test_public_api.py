@@ -96,10 +96,14 @@ INSTALLED_SCRIPTS = {
 }
 
 
-def test_setup_py_and_the_package_give_the_same_version():
+def test_setup_py_citation_and_the_package_give_the_same_version():
     setup = (REPO / "setup.py").read_text(encoding="utf-8")
     versions = re.findall(r'^\s*version="([^"]+)"', setup, re.MULTILINE)
     assert versions == [mamlpp_tf.__version__]
+    citation = (REPO / "CITATION.cff").read_text(encoding="utf-8")
+    assert re.findall(r"^version: (\S+)$", citation, re.MULTILINE) == [
+        mamlpp_tf.__version__
+    ]
 
 
 def test_only_the_apps_are_installed():
