@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import results_tables  # tools/, on sys.path from conftest.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -251,6 +253,23 @@ def test_full_budget_table_gives_the_pace_and_every_tenth_epoch(tmp_path):
     )
     assert table[6] == "| epoch | 1 | 10 | 20 |"
     assert table[8] == "| validation | 90.00% | 90.90% | 91.90% |"
+
+
+def test_full_budget_table_takes_the_20_way_row(tmp_path):
+    table = results_tables.full_budget_table(
+        tmp_path, row="mamlpp_20w1s_full"
+    ).splitlines()
+    # The paper flagfile as it is: 100 epochs; no run yet.
+    assert table[2] == (
+        "| MAML++ Omniglot 20w1s, seed 0 | 0 of 100 | not started |  |  "
+        "| 97.65 ± 0.05% (over runs) |"
+    )
+    assert len(table) == 3
+
+
+def test_full_budget_table_refuses_an_unknown_row(tmp_path):
+    with pytest.raises(ValueError, match="row must be one of"):
+        results_tables.full_budget_table(tmp_path, row="mamlpp_5w5s_full")
 
 
 def _assert_page_part_is(
