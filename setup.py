@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="mamlpp_tf",
-    version="0.2.0"  # Also mamlpp_tf.__version__ (tests/test_public_api.py).,
+    version="0.2.0",  # Also mamlpp_tf.__version__ (tests/test_public_api.py).
     description="MAML++ (How to Train Your MAML) in TensorFlow 2 / Keras 3.",
     license="Apache-2.0",
     long_description=open("README.md", encoding="utf-8").read(),

@@ -1,5 +1,6 @@
 """The public API of mamlpp_tf: its export list, and no flags in the library."""
 
+import ast
 import pathlib
 import re
 
@@ -97,8 +98,15 @@ INSTALLED_SCRIPTS = {
 
 
 def test_setup_py_citation_and_the_package_give_the_same_version():
-    setup = (REPO / "setup.py").read_text(encoding="utf-8")
-    versions = re.findall(r'^\s*version="([^"]+)"', setup, re.MULTILINE)
+    # Parsed, not grepped: setup.py must also be valid Python.
+    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
+    versions = [
+        ast.literal_eval(keyword.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg == "version"
+    ]
     assert versions == [mamlpp_tf.__version__]
     citation = (REPO / "CITATION.cff").read_text(encoding="utf-8")
     assert re.findall(r"^version: (\S+)$", citation, re.MULTILINE) == [
