@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import numbers
+
+log = logging.getLogger(__name__)
 
 # Antoniou et al. (2019), Sec. 4 and the authors' code: the values of the
 # MAML++ experiments.
@@ -50,12 +53,16 @@ class MetaLearnerConfig:
       inner_lr_init: initial (LSLR) or fixed inner learning rate.
       learn_inner_lr: LSLR, learned per-layer, per-step inner rates.
       multi_step_loss: MSL, the weighted sum of per-step query losses.
-      msl_epochs: epochs over which MSL anneals; afterwards final-step loss only.
+      msl_epochs: epochs over which MSL anneals; afterwards final-step loss
+        only. Longer than `total_epochs` is allowed (MSL then never anneals
+        out) and logged as a WARNING by `warn_if_msl_outlasts_the_run`.
       second_order: differentiate through the inner gradients at all.
       first_order_to_second_order_epoch: DA; the last first-order epoch:
         first order while `epoch <= this` (the authors' convention), so E
         gives E + 1 first-order epochs (0..E), 49 the paper's first 50, and
-        -1 second order from epoch 0. Ignored when `second_order` is False.
+        -1 second order from epoch 0. With `second_order` on it must be
+        below `total_epochs - 1`, so that the run reaches the switch.
+        Ignored when `second_order` is False.
       per_step_bn_statistics: BNRS, one running-statistics slot per step.
       per_step_bn_weights: BNWB, one gamma/beta slot per step.
       adapt_bn_in_inner_loop: also adapt BN gamma/beta in the inner loop.
@@ -206,6 +213,20 @@ class MetaLearnerConfig:
             "order from epoch 0; E: first order while epoch <= E), got "
             f"{self.first_order_to_second_order_epoch}.",
         )
+        # DA switches at epoch E + 1; a run of total_epochs never reaching
+        # it would be first-order MAML under a second-order name.
+        switch = self.first_order_to_second_order_epoch + 1
+        _require(
+            not self.second_order or switch < self.total_epochs,
+            f"first_order_to_second_order_epoch="
+            f"{self.first_order_to_second_order_epoch} switches to second "
+            f"order at epoch {switch}, which a run of total_epochs="
+            f"{self.total_epochs} (epochs 0..{self.total_epochs - 1}) never "
+            "reaches. Set --first_order_to_second_order_epoch below "
+            f"{self.total_epochs - 1} (-1: second order from the start), "
+            "raise --total_epochs, or set --second_order=false for "
+            "first-order MAML.",
+        )
         _require(
             self.meta_grad_clip is None or self.meta_grad_clip > 0,
             f"meta_grad_clip must be None or > 0, got {self.meta_grad_clip}.",
@@ -226,23 +247,59 @@ class MetaLearnerConfig:
         return cls(**values)
 
 
+def warn_if_msl_outlasts_the_run(config: MetaLearnerConfig) -> bool:
+    """Logs a WARNING when MSL anneals over more epochs than the run has.
+
+    MSL is on while epoch < msl_epochs (`schedules.use_multi_step_loss`),
+    so with msl_epochs > total_epochs the last epoch still weights every
+    step's loss and never trains on the final step's loss alone. Short
+    budget runs may want that; it is never silent. Training (the apps and
+    `MamlPlusPlus.fit`) calls this once at the start.
+
+    Returns:
+      Whether it warned.
+    """
+    if not config.multi_step_loss or config.msl_epochs <= config.total_epochs:
+        return False
+    log.warning(
+        "msl_epochs=%d is longer than the run (total_epochs=%d): MSL is "
+        "still annealing in the last epoch, so the meta-loss never becomes "
+        "the final step's loss alone. Set --msl_epochs to %d or less for a "
+        "run that anneals MSL out.",
+        config.msl_epochs,
+        config.total_epochs,
+        config.total_epochs,
+    )
+    return True
+
+
 # Antoniou et al. (2019), Sec. 4 (DA): first order for the first 50 epochs,
-# i.e. epochs 0..49, second order from epoch 50. The authors' released
-# configs use -1 (second order from the start); the flagfiles follow the
-# configs, this preset follows the paper.
+# i.e. epochs 0..49, second order from epoch 50.
 PAPER_FIRST_ORDER_EPOCHS = 50
 
 
-def mamlpp(**overrides) -> MetaLearnerConfig:
-    """MAML++ with all six parts on, DA as in the paper (Sec. 4).
+def mamlpp(*, paper_da: bool = False, **overrides) -> MetaLearnerConfig:
+    """MAML++ with every part on, as the authors' released configs run it.
 
-    DA: first order for the first 50 epochs (0..49), second order after.
+    The preset means what the paper flagfiles (`flags/maml++_*.cfg`) mean:
+    LSLR, MSL, BNRS, BNWB and CA on, and second order from epoch 0
+    (`first_order_to_second_order_epoch=-1`), as in the authors' configs.
+    The paper's derivative-order annealing (DA, Sec. 4: first order for
+    the first 50 epochs, 0..49) is an explicit option.
+
+    Args:
+      paper_da: DA as the paper describes it: first order while
+        epoch <= 49 (`first_order_to_second_order_epoch=49`). The run
+        must then be longer than 50 epochs, or the config is refused.
+      **overrides: any `MetaLearnerConfig` field; applied last.
     """
-    base = dataclasses.replace(
-        MetaLearnerConfig(),
+    base = MetaLearnerConfig()  # Every part on, second order from epoch 0.
+    if paper_da:
         # First order while epoch <= 49: 50 epochs.
-        first_order_to_second_order_epoch=PAPER_FIRST_ORDER_EPOCHS - 1,
-    )
+        base = dataclasses.replace(
+            base,
+            first_order_to_second_order_epoch=PAPER_FIRST_ORDER_EPOCHS - 1,
+        )
     return dataclasses.replace(base, **overrides)
 
 

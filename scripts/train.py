@@ -231,7 +231,10 @@ _LEARNER = {
     "total_epochs": flags.DEFINE_integer(
         "total_epochs",
         _DEFAULT.total_epochs,
-        "Training epochs; may be raised to extend a run.",
+        "Training epochs. With --cosine_annealing it is the CA period, "
+        "fixed once a run has a checkpoint (a resume with another value is "
+        "refused, exit 2: it would re-warm or reshape the meta lr); "
+        "without CA it may be raised to extend a run.",
         lower_bound=1,
     ),
 }
