@@ -1,6 +1,9 @@
 """mamlpp_tf: MAML++ (How to Train Your MAML) in TensorFlow 2 / Keras 3."""
 
+from mamlpp_tf.backbone import MetaModel
+from mamlpp_tf.backbone import bn_kwargs
 from mamlpp_tf.config import MetaLearnerConfig
+from mamlpp_tf.convert import to_meta_model
 from mamlpp_tf.distribute import RuntimeConfig
 from mamlpp_tf.evaluation import evaluate_workdir
 from mamlpp_tf.experiment import ExperimentConfig
@@ -10,6 +13,7 @@ from mamlpp_tf.config import maml
 from mamlpp_tf.config import mamlpp
 from mamlpp_tf.learner import MetaLearner
 from mamlpp_tf.learner import NonFiniteLossError
+from mamlpp_tf.resnet import build_resnet12
 from mamlpp_tf.schedules import cosine_lr
 from mamlpp_tf.schedules import msl_weights
 from mamlpp_tf.training import train_and_evaluate
@@ -20,8 +24,11 @@ __all__ = [
     "ExperimentConfig",
     "MetaLearner",
     "MetaLearnerConfig",
+    "MetaModel",
     "NonFiniteLossError",
     "RuntimeConfig",
+    "bn_kwargs",
+    "build_resnet12",
     "cosine_lr",
     "evaluate_workdir",
     "export_workdir",
@@ -29,5 +36,6 @@ __all__ = [
     "maml",
     "mamlpp",
     "msl_weights",
+    "to_meta_model",
     "train_and_evaluate",
 ]

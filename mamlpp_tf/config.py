@@ -24,6 +24,12 @@ BN_EPSILON = 1e-5
 
 BN_MODES = ("transductive", "per_step_running")
 DOWNSAMPLING_MODES = ("max_pool", "strided")
+# conv4: the paper's 4-stage conv net (num_filters, num_stages,
+# downsampling); resnet12: `resnet.py` (resnet_widths); custom: one's own,
+# passed to `MetaLearner(backbone=...)`.
+BACKBONES = ("conv4", "resnet12", "custom")
+# The few-shot ResNet-12's widths (Oreshkin et al. 2018; Lee et al. 2019).
+RESNET12_WIDTHS = (64, 160, 320, 640)
 DTYPES = ("float32", "float64")
 
 
@@ -42,6 +48,11 @@ class MetaLearnerConfig:
       num_queries: query examples per class.
       meta_batch_size: tasks per meta-iteration.
       image_shape: (H, W, C) of one input image.
+      backbone: the network: "conv4" (the paper's, shaped by num_filters,
+        num_stages, downsampling), "resnet12" (shaped by resnet_widths),
+        or "custom": one's own, passed as `MetaLearner(backbone=...)`
+        (the fields of the built-in ones are then unused).
+      resnet_widths: channels of each ResNet-12 block, one block each.
       num_filters: channels of every conv stage (64 Omniglot, 48 mini-ImageNet).
       num_stages: conv -> BN -> LeakyReLU -> downsample stages (4 in the paper).
       downsampling: "max_pool" (2x2, stride 2 after a stride-1 conv, the
@@ -87,6 +98,8 @@ class MetaLearnerConfig:
     num_queries: int = 1
     meta_batch_size: int = 8
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    backbone: str = "conv4"
+    resnet_widths: tuple[int, ...] = RESNET12_WIDTHS
     num_filters: int = 64
     num_stages: int = 4
     downsampling: str = "max_pool"
@@ -123,9 +136,20 @@ class MetaLearnerConfig:
             ),
             f"image_shape must hold ints (H, W, C), got {self.image_shape!r}.",
         )
+        _require(
+            len(self.resnet_widths) >= 1 and all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                and d >= 1 for d in self.resnet_widths
+            ),
+            f"resnet_widths must be one or more ints >= 1 (channels per "
+            f"block), got {self.resnet_widths!r}.",
+        )
         # Python ints: numpy ones (from array shapes) break to_json.
         object.__setattr__(
             self, "image_shape", tuple(int(d) for d in self.image_shape)
+        )
+        object.__setattr__(
+            self, "resnet_widths", tuple(int(d) for d in self.resnet_widths)
         )
         for name in (
             "num_ways",
@@ -166,13 +190,22 @@ class MetaLearnerConfig:
             f"downsampling must be one of {DOWNSAMPLING_MODES}, got "
             f"{self.downsampling!r}.",
         )
-        min_side = 2**self.num_stages
         _require(
-            min(self.image_shape[:2]) >= min_side,
-            f"image_shape {self.image_shape} is too small for "
-            f"{self.num_stages} stages that halve H and W; images must be at "
-            f"least {min_side}x{min_side}. Lower num_stages or use larger "
-            "images.",
+            self.backbone in BACKBONES,
+            f"backbone must be one of {BACKBONES}, got {self.backbone!r}.",
+        )
+        if self.backbone == "conv4":
+            halvings, what = self.num_stages, "num_stages"
+        else:
+            halvings, what = len(self.resnet_widths), "len(resnet_widths)"
+        min_side = 2**halvings
+        _require(
+            self.backbone == "custom"
+            or min(self.image_shape[:2]) >= min_side,
+            f"image_shape {self.image_shape} is too small for the "
+            f"{self.backbone} backbone's {halvings} stages that halve H and "
+            f"W; images must be at least {min_side}x{min_side}. Lower "
+            f"{what} or use larger images.",
         )
         _require(
             self.bn_mode in BN_MODES,

@@ -8,6 +8,7 @@ the latest checkpoint; SIGINT/SIGTERM checkpoint and stop (exit 130/143).
 """
 
 from absl import flags
+from absl import logging
 
 try:  # First: it quiets TensorFlow's C++ logs before TensorFlow loads.
     from mamlpp_tf_scripts import _app
@@ -134,8 +135,25 @@ _META_GRAD_CLIP = flags.DEFINE_float(
     lower_bound=0.0,
 )
 
+_RESNET_WIDTHS = flags.DEFINE(
+    _NumbersParser(int, range(1, 17), "one width per block, e.g. 64,160"),
+    "resnet_widths",
+    ",".join(str(w) for w in _DEFAULT.resnet_widths),
+    "--backbone=resnet12: the channels of each residual block, one block "
+    "each (the few-shot ResNet-12: 64,160,320,640).",
+    serializer=flags.ListSerializer(","),
+)
+
 # MetaLearnerConfig fields set directly from the flag of the same name.
 _LEARNER = {
+    "backbone": flags.DEFINE_enum(
+        "backbone",
+        _DEFAULT.backbone,
+        ("conv4", "resnet12"),
+        "The network: conv4 (the paper's 4 conv stages of --num_filters) "
+        "or resnet12 (4 residual blocks of --resnet_widths; "
+        "docs/backbones.md).",
+    ),
     "num_ways": flags.DEFINE_integer(
         "num_ways", _DEFAULT.num_ways, "Classes per task (N).", lower_bound=2
     ),
@@ -154,7 +172,7 @@ _LEARNER = {
     "num_filters": flags.DEFINE_integer(
         "num_filters",
         _DEFAULT.num_filters,
-        "Channels of each of the 4 conv stages.",
+        "--backbone=conv4: channels of each of its 4 conv stages.",
         lower_bound=1,
     ),
     "num_inner_steps": flags.DEFINE_integer(
@@ -290,6 +308,19 @@ _NEEDS_SWITCH = {
 
 
 def _check_contradictions() -> None:
+    backbone = flags.FLAGS["backbone"].value
+    if flags.FLAGS["resnet_widths"].present and backbone != "resnet12":
+        raise ValueError(
+            f"--resnet_widths has no effect with --backbone={backbone}. "
+            "Remove it or set --backbone=resnet12."
+        )
+    if backbone == "resnet12" and flags.FLAGS["num_filters"].present:
+        # Not an error: the paper flagfiles set it for conv4.
+        logging.warning(
+            "--num_filters=%d does not apply to --backbone=resnet12, whose "
+            "widths are --resnet_widths=%s.", flags.FLAGS["num_filters"].value,
+            ",".join(map(str, _RESNET_WIDTHS.value)),
+        )
     for name, switch in _NEEDS_SWITCH.items():
         if flags.FLAGS[name].present and not flags.FLAGS[switch].value:
             raise ValueError(
@@ -330,6 +361,7 @@ def experiment_config() -> experiment.ExperimentConfig:
         ),
         image_shape=data.image_shape_for(data_config),
         meta_grad_clip=_META_GRAD_CLIP.value,
+        resnet_widths=_RESNET_WIDTHS.value,
     )
     return experiment.ExperimentConfig(
         learner=learner_config,

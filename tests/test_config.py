@@ -35,7 +35,7 @@ INVALID = [
     (
         {"image_shape": (8, 8, 1), "num_stages": 4},
         (
-            r"image_shape \(8, 8, 1\) is too small for 4 stages.*at least 16x16"
+            r"image_shape \(8, 8, 1\) is too small for the conv4 backbone's 4 stages.*at least 16x16"
             r".*Lower num_stages"
         ),
     ),
@@ -256,3 +256,46 @@ def test_every_field_is_read_outside_config(name):
         f"MetaLearnerConfig.{name} is never read in mamlpp_tf: give it a "
         "reader or remove the field (STYLE.md section 2)."
     )
+
+
+def test_a_config_saved_before_backbones_loads_as_conv4():
+    saved = json.loads(mamlpp_tf.MetaLearnerConfig().to_json())
+    del saved["backbone"], saved["resnet_widths"]
+    config = mamlpp_tf.MetaLearnerConfig.from_dict(saved)
+    assert config.backbone == "conv4"
+    assert config == mamlpp_tf.MetaLearnerConfig()
+
+
+def test_resnet12_config_round_trips_through_json():
+    config = mamlpp_tf.MetaLearnerConfig(
+        backbone="resnet12", resnet_widths=[8, 16], image_shape=(4, 4, 3)
+    )
+    assert config.resnet_widths == (8, 16)
+    loaded = mamlpp_tf.MetaLearnerConfig.from_dict(
+        json.loads(config.to_json())
+    )
+    assert loaded == config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"backbone": "resnet18"}, "backbone must be one of"),
+        ({"backbone": "resnet12", "resnet_widths": ()},
+         "resnet_widths must be one or more ints >= 1"),
+        ({"backbone": "resnet12", "resnet_widths": (64, 0)},
+         "resnet_widths must be one or more ints >= 1"),
+        # Four blocks halve 15x15 to 0x0.
+        ({"backbone": "resnet12", "image_shape": (15, 15, 3)},
+         "too small for the resnet12 backbone's 4 stages.*at least 16x16"),
+    ],
+)
+def test_backbone_fields_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        mamlpp_tf.MetaLearnerConfig(**overrides)
+
+
+def test_a_custom_backbone_takes_any_image_size():
+    config = mamlpp_tf.MetaLearnerConfig(backbone="custom",
+                                         image_shape=(3, 3, 1))
+    assert config.image_shape == (3, 3, 1)

@@ -11,8 +11,11 @@ EXPECTED_ALL = [
     "ExperimentConfig",
     "MetaLearner",
     "MetaLearnerConfig",
+    "MetaModel",
     "NonFiniteLossError",
     "RuntimeConfig",
+    "bn_kwargs",
+    "build_resnet12",
     "cosine_lr",
     "evaluate_workdir",
     "export_workdir",
@@ -20,6 +23,7 @@ EXPECTED_ALL = [
     "maml",
     "mamlpp",
     "msl_weights",
+    "to_meta_model",
     "train_and_evaluate",
 ]
 
