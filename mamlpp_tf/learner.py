@@ -303,9 +303,32 @@ class MetaLearner:
     def _reduce(self, op, value):
         return self.strategy.reduce(op, value, axis=None)
 
-    def _build_train_fn(self, second_order: bool, global_size: int):
+    def build_meta_step(self, second_order: bool, global_size: int,
+                        optimizer=None):
+        """The meta-step: the one implementation that both trainers run.
+
+        `train_step` (the apps' loop) wraps it in a `tf.function`;
+        `MamlppClassifier.train_step` (Keras `fit`) calls it inside the
+        train function Keras traces. It computes the meta-gradients over
+        the global meta-batch (per replica, summed), skips the update when
+        the loss or a gradient is not finite, clips, applies `optimizer`
+        and moves the per-step BN running statistics.
+
+        Args:
+          second_order: differentiate through the inner gradients (DA
+            decides it per epoch; a static Python bool).
+          global_size: tasks in the global meta-batch.
+          optimizer: a built Keras optimizer over `trainable_variables`;
+            None for this learner's own (`TorchAdam`).
+
+        Returns:
+          fn(batch, loss_weights) -> dict: loss, accuracy (final step),
+          per_step_accuracy, per_step_loss [num_inner_steps], applied
+          (bool tensor).
+        """
         sum_op = tf.distribute.ReduceOp.SUM
         config = self.config
+        optimizer = optimizer or self.optimizer
 
         def replica_fn(batch, loss_weights):
             loss, grads, sums = self._meta_gradients(
@@ -323,9 +346,15 @@ class MetaLearner:
             }
 
         def train_fn(batch, loss_weights):
-            out = self.strategy.run(replica_fn, args=(batch, loss_weights))
-            out = tf.nest.map_structure(lambda v: self._reduce(sum_op, v),
-                                        out)
+            replica = tf.distribute.get_replica_context()
+            if replica is None:  # Cross-replica: the apps' loop.
+                out = self.strategy.run(replica_fn, args=(batch, loss_weights))
+                out = tf.nest.map_structure(
+                    lambda v: self._reduce(sum_op, v), out
+                )
+            else:  # Inside a replica: Keras' train function.
+                out = replica.all_reduce(sum_op,
+                                         replica_fn(batch, loss_weights))
             grads = out["grads"]
             # Checked before clipping, which would turn an Inf into +-clip
             # and let the step through.
@@ -340,7 +369,7 @@ class MetaLearner:
                           for g in grads[:num_network]] + grads[num_network:])
 
             def apply():
-                self.optimizer.apply(grads, self.trainable_variables)
+                optimizer.apply(grads, self.trainable_variables)
                 self._update_bn_statistics(out["moments"], global_size)
                 return tf.constant(True)
 
@@ -393,7 +422,7 @@ class MetaLearner:
         lr = self.set_epoch(epoch)
         fn = self._function(
             ("train", second_order, global_size),
-            self._build_train_fn(second_order, global_size),
+            self.build_meta_step(second_order, global_size),
         )
         out = fn(batch, self._loss_weights(epoch))
         metrics = {k: np.asarray(v) for k, v in out.items()}
@@ -471,12 +500,27 @@ class MetaLearner:
             )
 
         def eval_fn(batch):
+            replica = tf.distribute.get_replica_context()
+            if replica is not None:  # Inside a replica: Keras' functions.
+                return replica.all_gather(replica_fn(batch), axis=0)
             out = self.strategy.run(replica_fn, args=(batch,))
             return tf.nest.map_structure(
                 lambda v: self.strategy.gather(v, axis=0), out
             )
 
         return eval_fn
+
+    def build_eval_step(self, num_inner_steps: int | None = None):
+        """The evaluation protocol on a batch of tasks, untraced.
+
+        Both trainers run it: `eval_step` (the apps) in a `tf.function`,
+        `MamlppClassifier.test_step` inside Keras' test function.
+
+        Returns:
+          fn(batch) -> (query logits [tasks, ways*queries, ways], final
+          query loss [tasks], per-step query accuracy [tasks, steps]).
+        """
+        return self._build_eval_fn(self._eval_steps(num_inner_steps))
 
     def eval_step(self, batch, num_inner_steps: int | None = None):
         """Adapts to each task (first order) and scores its query set.

@@ -8,12 +8,16 @@ import mamlpp_tf
 PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
 
 EXPECTED_ALL = [
+    "Episodes",
     "ExperimentConfig",
+    "MamlppClassifier",
     "MetaLearner",
     "MetaLearnerConfig",
     "MetaModel",
+    "MetaSchedule",
     "NonFiniteLossError",
     "RuntimeConfig",
+    "TorchAdam",
     "bn_kwargs",
     "build_resnet12",
     "cosine_lr",
@@ -21,6 +25,7 @@ EXPECTED_ALL = [
     "export_workdir",
     "first_order_maml",
     "maml",
+    "make_episodes",
     "mamlpp",
     "msl_weights",
     "to_meta_model",
