@@ -11,8 +11,10 @@ from mamlpp_tf.export import export_workdir
 from mamlpp_tf.config import first_order_maml
 from mamlpp_tf.config import maml
 from mamlpp_tf.config import mamlpp
+from mamlpp_tf.keras_model import KeepTopK
 from mamlpp_tf.keras_model import MamlppClassifier
 from mamlpp_tf.keras_model import MetaSchedule
+from mamlpp_tf.keras_model import evaluate_top_k
 from mamlpp_tf.learner import MetaLearner
 from mamlpp_tf.learner import NonFiniteLossError
 from mamlpp_tf.resnet import build_resnet12
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Episodes",
     "ExperimentConfig",
+    "KeepTopK",
     "MamlppClassifier",
     "MetaLearner",
     "MetaLearnerConfig",
@@ -39,6 +42,7 @@ __all__ = [
     "bn_kwargs",
     "build_resnet12",
     "cosine_lr",
+    "evaluate_top_k",
     "evaluate_workdir",
     "export_workdir",
     "first_order_maml",

@@ -17,6 +17,8 @@ query_x float32 [T, N*Q, H, W, C], query_y int32 [T, N*Q].
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 
 import keras
 import numpy as np
@@ -24,11 +26,11 @@ import tensorflow as tf
 
 from mamlpp_tf import backbone as backbone_lib
 from mamlpp_tf import config as config_lib
+from mamlpp_tf import evaluation
 from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import meta_step
 from mamlpp_tf import schedules
 from mamlpp_tf import torch_adam
-from mamlpp_tf.evaluation import CI95_Z
 from mamlpp_tf.layers import MetaConv2D
 from mamlpp_tf.layers import MetaDense
 from mamlpp_tf.layers import PerStepBatchNorm
@@ -65,7 +67,7 @@ class MeanCI95(keras.metrics.Metric):
         n = tf.maximum(self.count, 1.0)
         mean = self.total / n
         variance = tf.maximum(self.squares / n - tf.square(mean), 0.0)
-        return CI95_Z * tf.sqrt(variance) / tf.sqrt(n)
+        return evaluation.CI95_Z * tf.sqrt(variance) / tf.sqrt(n)
 
 
 class MetaSchedule(keras.callbacks.Callback):
@@ -409,3 +411,108 @@ class MamlppClassifier(keras.Model):
             )
         return cls(**config)
 
+
+
+class KeepTopK(keras.callbacks.Callback):
+    """Keeps the weights of the k epochs with the best validation accuracy.
+
+    The training half of the authors' test protocol (Antoniou et al.
+    2019, Sec. 5): after `fit`, `evaluate_top_k` averages these epochs'
+    query logits on the fixed test tasks. Layout: `directory/index.json`
+    (entries best first; ties keep the earlier epoch) and
+    `directory/epoch_XXX.weights.h5`.
+
+    Args:
+      directory: a folder for the weights.
+      k: epochs kept (5 in the authors' code).
+      monitor: the logged metric to rank by (higher is better).
+    """
+
+    def __init__(self, directory, k: int = 5, monitor: str = "val_accuracy"):
+        super().__init__()
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}.")
+        self.directory = pathlib.Path(directory)
+        self.k = k
+        self.monitor = monitor
+
+    def _path(self, epoch: int) -> pathlib.Path:
+        return self.directory / f"epoch_{epoch:03d}.weights.h5"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or self.monitor not in logs:
+            raise ValueError(
+                f"KeepTopK ranks epochs by {self.monitor!r}, which the logs "
+                f"lack ({sorted(logs or {})}); pass validation_data to fit."
+            )
+        entries = [e for e in read_top_k(self.directory)
+                   if e["epoch"] != epoch]
+        entries.append({"epoch": epoch, "score": float(logs[self.monitor])})
+        entries.sort(key=lambda e: (-e["score"], e["epoch"]))
+        kept = entries[: self.k]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if any(e["epoch"] == epoch for e in kept):
+            self.model.save_weights(self._path(epoch))
+        index = self.directory / TOP_K_INDEX
+        temporary = index.with_name(index.name + ".tmp")
+        temporary.write_text(json.dumps(
+            {"monitor": self.monitor, "k": self.k, "entries": kept}, indent=2
+        ) + "\n", encoding="utf-8")
+        os.replace(temporary, index)
+        names = {self._path(e["epoch"]).name for e in kept}
+        for path in self.directory.glob("epoch_*.weights.h5"):
+            if path.name not in names:
+                path.unlink()
+
+
+TOP_K_INDEX = "index.json"
+
+
+def read_top_k(directory) -> list[dict]:
+    """`KeepTopK`'s entries ({"epoch", "score"}, best first); [] if none."""
+    path = pathlib.Path(directory) / TOP_K_INDEX
+    if not path.exists():
+        return []
+    return json.loads(path.read_text(encoding="utf-8"))["entries"]
+
+
+def evaluate_top_k(model: MamlppClassifier, directory, episodes) -> dict:
+    """The authors' test protocol on `episodes`' fixed tasks.
+
+    Loads each epoch `KeepTopK` kept into `model` (its weights are
+    overwritten: the last one loaded is the worst kept epoch), adapts to
+    every task, and scores the mean of the epochs' query logits.
+
+    Args:
+      model: a MamlppClassifier of the same config and backbone.
+      directory: `KeepTopK`'s folder.
+      episodes: a finite dataset of episode batches (e.g. `episodes.test`).
+
+    Returns:
+      test_accuracy_mean and test_accuracy_ci95 (the ensemble over
+      tasks), num_test_tasks, ensemble_epochs (best first),
+      single_best_accuracy_mean and single_best_accuracy_ci95.
+    """
+    entries = read_top_k(directory)
+    if not entries:
+        raise ValueError(
+            f"{str(directory)!r} holds no KeepTopK epoch: fit with "
+            "KeepTopK(directory) and validation_data first."
+        )
+    labels = np.concatenate([b["query_y"].numpy() for b in episodes])
+    logits = []
+    for entry in entries:
+        model.load_weights(
+            pathlib.Path(directory) / f"epoch_{entry['epoch']:03d}.weights.h5"
+        )
+        logits.append(model.predict(episodes, verbose=0))
+    ensemble = evaluation.ensemble_task_accuracies(logits, labels)
+    best = evaluation.ensemble_task_accuracies(logits[:1], labels)
+    return {
+        "test_accuracy_mean": float(np.mean(ensemble)),
+        "test_accuracy_ci95": evaluation.ci95(ensemble),
+        "num_test_tasks": int(ensemble.size),
+        "ensemble_epochs": [e["epoch"] for e in entries],
+        "single_best_accuracy_mean": float(np.mean(best)),
+        "single_best_accuracy_ci95": evaluation.ci95(best),
+    }

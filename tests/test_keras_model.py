@@ -276,3 +276,36 @@ def test_requests_the_schedules_cannot_honour_are_refused(episodes):
     model.compile()
     with pytest.raises(ValueError, match=r"fit\(epochs=4\) runs past"):
         model.fit(episodes.train, epochs=4, steps_per_epoch=1, verbose=0)
+
+
+def test_keep_top_k_and_the_ensemble_on_fixed_test_tasks(episodes, tmp_path):
+    model = _model()
+    model.compile()
+    history = model.fit(
+        episodes.train, epochs=3, steps_per_epoch=1, verbose=0,
+        validation_data=episodes.val,
+        callbacks=[mamlpp_tf.KeepTopK(tmp_path / "top", k=2)],
+    )
+    scores = history.history["val_accuracy"]
+    ranked = sorted(range(3), key=lambda e: (-scores[e], e))[:2]
+    entries = mamlpp_tf.keras_model.read_top_k(tmp_path / "top")
+    assert [e["epoch"] for e in entries] == ranked
+    assert sorted(p.name for p in (tmp_path / "top").glob("*.h5")) == [
+        f"epoch_{e:03d}.weights.h5" for e in sorted(ranked)
+    ]
+
+    summary = mamlpp_tf.evaluate_top_k(model, tmp_path / "top", episodes.test)
+    # The same ensemble through the apps' evaluation functions.
+    logits, labels = [], None
+    for epoch in ranked:
+        model.load_weights(tmp_path / "top" / f"epoch_{epoch:03d}.weights.h5")
+        result = evaluation.evaluate_batches(model.learner, episodes.test)
+        logits.append(result.logits)
+        labels = result.labels
+    ensemble = evaluation.ensemble_task_accuracies(logits, labels)
+    assert summary["ensemble_epochs"] == ranked
+    assert summary["num_test_tasks"] == 4
+    assert summary["test_accuracy_mean"] == pytest.approx(ensemble.mean())
+    assert summary["test_accuracy_ci95"] == pytest.approx(
+        evaluation.ci95(ensemble)
+    )

@@ -10,6 +10,7 @@ PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
 EXPECTED_ALL = [
     "Episodes",
     "ExperimentConfig",
+    "KeepTopK",
     "MamlppClassifier",
     "MetaLearner",
     "MetaLearnerConfig",
@@ -21,6 +22,7 @@ EXPECTED_ALL = [
     "bn_kwargs",
     "build_resnet12",
     "cosine_lr",
+    "evaluate_top_k",
     "evaluate_workdir",
     "export_workdir",
     "first_order_maml",
