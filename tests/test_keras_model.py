@@ -309,3 +309,19 @@ def test_keep_top_k_and_the_ensemble_on_fixed_test_tasks(episodes, tmp_path):
     assert summary["test_accuracy_ci95"] == pytest.approx(
         evaluation.ci95(ensemble)
     )
+
+
+def test_non_finite_steps_are_skipped_then_stop_training(episodes):
+    model = _model(_config(max_nonfinite_steps=2))
+    model.compile()
+    before = _weights(model)
+    batch = {k: v.numpy() for k, v in next(iter(episodes.train)).items()}
+    batch["support_x"][:] = np.nan
+    nan_batches = tf.data.Dataset.from_tensors(batch).repeat()
+    with pytest.raises(
+        learner_lib.NonFiniteLossError, match="^2 consecutive meta-steps"
+    ):
+        model.fit(nan_batches, epochs=1, steps_per_epoch=5, verbose=0)
+    assert int(model.num_skipped_steps.numpy()) == 2
+    for got, expected in zip(_weights(model), before, strict=True):
+        np.testing.assert_array_equal(got, expected)
