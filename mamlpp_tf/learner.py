@@ -84,6 +84,11 @@ class MetaLearner:
       fused_batch_norm: batch norm through TensorFlow's fused kernels
         (faster on large images, less precise in float32 on CPU; see
         `layers.per_step_batch_norm.fused_normalize`).
+      recompute_query: in meta-training, keep no activations of the query
+        passes for the outer backward pass and recompute them there
+        (`inner_loop.recomputed_query`): the same meta-gradients with less
+        peak memory, for one more query forward pass per query loss
+        (docs/backbones.md measures both on ResNet-12).
     """
 
     def __init__(self, config: config_lib.MetaLearnerConfig, *,
@@ -91,7 +96,8 @@ class MetaLearner:
                  strategy: tf.distribute.Strategy | None = None,
                  mixed_precision: str | None = None,
                  per_step_accuracy: bool = False,
-                 fused_batch_norm: bool = False):
+                 fused_batch_norm: bool = False,
+                 recompute_query: bool = False):
         if mixed_precision not in (None, "bfloat16"):
             raise ValueError(
                 f"mixed_precision must be None or 'bfloat16', got "
@@ -107,6 +113,7 @@ class MetaLearner:
         self.jit_compile = jit_compile
         self.parallel_tasks = parallel_tasks
         self.per_step_accuracy = per_step_accuracy
+        self.recompute_query = recompute_query
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             self.model = self._build_backbone(
@@ -247,6 +254,7 @@ class MetaLearner:
             moment_channels=[norm.channels for norm in self.norm_layers],
             parallel_iterations=self.parallel_tasks,
             every_step_accuracy=self.per_step_accuracy,
+            recompute_query=self.recompute_query,
         )
         loss = tf.nn.compute_average_loss(
             sums["losses"], global_batch_size=global_batch_size

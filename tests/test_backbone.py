@@ -189,16 +189,21 @@ def test_custom_backbone_and_config_must_agree():
 
 
 def test_second_order_meta_gradient_matches_finite_differences():
-    """Every variable (network and LSLR): the directional derivative along
-    a random direction, against central differences (float64: the
-    truncation error, O(delta^2), and rounding, O(1e-16 / delta), are both
-    far below the tolerance)."""
+    """Every variable, network and LSLR: the directional derivative along a
+    random direction against central differences.
+
+    The meta-loss is only piecewise smooth: where a max-pool's argmax or a
+    ReLU's sign flips, the inner gradients jump, and so does the loss after
+    the inner steps; a step of 1e-5 crosses such a flip in a ResNet-12 of
+    16x16 images, 1e-7 does not. float64 rounding then costs about
+    1e-16 * |loss| / delta = 1e-9, truncation O(delta^2) nothing: both far
+    inside the tolerance."""
     config = _config()
     learner = mamlpp_tf.MetaLearner(config, backbone=_residual_network)
     batch = _batch(config)
     _, grads = learner.compute_meta_gradients(batch, epoch=0)
     rng = np.random.default_rng(1)
-    delta = 1e-5
+    delta = 1e-7
     for variable, grad in zip(learner.trainable_variables, grads,
                               strict=True):
         start = variable.numpy()
@@ -210,6 +215,6 @@ def test_second_order_meta_gradient_matches_finite_differences():
         variable.assign(start)
         np.testing.assert_allclose(
             (values[0] - values[1]) / (2 * delta),
-            np.sum(grad.numpy() * direction), rtol=1e-6, atol=1e-9,
+            np.sum(grad.numpy() * direction), rtol=1e-5, atol=1e-7,
             err_msg=variable.path,
         )

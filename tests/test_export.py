@@ -34,8 +34,7 @@ def library_logits(learner, task: dict, num_inner_steps=None) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def trained_like(tmp_path_factory):
+def _trained_like(tmp_path_factory, **learner_overrides):
     """(config, learner, task, class names): weights and LSLR rates moved
     off init.
 
@@ -45,7 +44,7 @@ def trained_like(tmp_path_factory):
     config = experiments.tiny_config(
         tmp_path_factory.mktemp("tfds"),
         learner=experiments.tiny_learner(
-            num_eval_inner_steps=NUM_EVAL_INNER_STEPS
+            num_eval_inner_steps=NUM_EVAL_INNER_STEPS, **learner_overrides
         ),
     )
     assert config.learner.num_inner_steps == 2
@@ -75,10 +74,24 @@ def trained_like(tmp_path_factory):
     return config, learner, task, names
 
 
+@pytest.fixture(scope="module")
+def trained_like(tmp_path_factory):
+    """The 4-conv network (see `_trained_like`)."""
+    return _trained_like(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained_resnet12(tmp_path_factory):
+    """A narrow ResNet-12 (see `_trained_like`)."""
+    return _trained_like(tmp_path_factory, backbone="resnet12",
+                         resnet_widths=(4, 4, 4, 4))
+
+
+@pytest.mark.parametrize("trained", ["trained_like", "trained_resnet12"])
 def test_saved_model_predicts_like_eval_step_without_the_library(
-    trained_like, tmp_path
+    trained, tmp_path, request
 ):
-    config, learner, task, _ = trained_like
+    config, learner, task, _ = request.getfixturevalue(trained)
     metadata = {"config": config.to_dict()}
     export_dir = export.save(
         learner, tmp_path / "model", metadata, normalization="none"
