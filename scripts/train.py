@@ -213,7 +213,9 @@ _LEARNER = {
         _DEFAULT.first_order_to_second_order_epoch,
         "DA: the last first-order epoch (first order while epoch <= this: "
         "49 gives the paper's first 50 epochs, 0..49); -1: second order "
-        "from the start (the authors' configs).",
+        "from the start (the authors' configs). Must be below "
+        "--total_epochs - 1, so that the run reaches the switch (else exit "
+        "2).",
         lower_bound=-1,
     ),
     "per_step_bn_statistics": flags.DEFINE_bool(
