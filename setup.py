@@ -30,7 +30,14 @@ setuptools.setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",
+            # keras.callbacks.TensorBoard writes through it
+            # (tests/test_keras_model.py); the apps do not need it.
+            "tensorboard>=2.16,<2.22",
+        ],
         # tools/plot_learning_curves.py only.
         "plots": ["matplotlib>=3.7"],
     },

@@ -16,11 +16,14 @@ a crash mid-write therefore leaves the previous checkpoint as the latest.
 The top-k weights are written to a temporary folder renamed into place,
 then the JSON index is replaced the same way.
 
-Restoring skips a checkpoint only when it is really unreadable: one of its
-files is missing, or its files can be read but not parsed, twice in a row.
-Any other failure (a permission error, an I/O error of the storage) is
-raised: falling back would silently lose training, and the next saves
-would rotate the newer checkpoint away.
+Restoring skips a checkpoint only when it is provably unreadable: one of
+its files is missing, or its files can be read but TensorFlow reports
+damage to their content (a checksum or format error with its own error
+type) twice in a row. Any other failure is raised: a permission error, an
+I/O error of the storage, and a bare `OpError` with code UNKNOWN, which
+TensorFlow's checkpoint reader raises for damage and storage errors alike.
+Falling back would silently lose training, and the next saves would
+rotate the newer checkpoint away.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ WEIGHTS_PREFIX = "weights"
 # match). A bad index, a missing data shard, and some checksum mismatches
 # raise a bare OpError with code UNKNOWN: TF's checkpoint reader drops the
 # status code of the C++ error, so an I/O error of the storage looks the
-# same. The files are
-# then read directly (`_missing_files`), and a restore that fails while
-# they all read is tried once more.
+# same. Such a checkpoint is skipped only if one of its files is missing
+# (`_missing_files`); otherwise it is tried once more, and a second
+# UNKNOWN is raised with what to do (`_unknown_not_skipped`), never taken
+# for damage.
 _CONTENT_ERRORS = (
     tf.errors.DataLossError,
     tf.errors.NotFoundError,
@@ -191,16 +195,18 @@ class TrainCheckpoint:
         """Restores the newest readable checkpoint; None if there is none.
 
         A checkpoint is skipped, with a warning that names it and says why,
-        only if it is really unreadable: one of its files is missing, or
-        its files can be read but it fails to restore twice in a row. The
-        skipped checkpoint stays on disk. Reading and restoring write
-        nothing.
+        only if it is provably unreadable: one of its files is missing, or
+        its files can be read but it fails to restore twice in a row with
+        an error about its content. The skipped checkpoint stays on disk.
+        Reading and restoring write nothing.
 
         Raises:
           UnreadableCheckpointError: checkpoints exist but none can be read.
           OSError, tf.errors.OpError: a checkpoint failed for another
-            reason than its content (permissions, the storage); nothing
-            was skipped.
+            reason than its content (permissions, the storage), or twice
+            with TensorFlow's code UNKNOWN while all its files read (damage
+            or the storage: no proof either way); nothing was skipped, and
+            the error's note says how to go on.
         """
         candidates = list(reversed(self._manager.checkpoints))
         reasons = []
@@ -290,6 +296,9 @@ class TrainCheckpoint:
         try:
             self._restore(path)
         except Exception as error:  # noqa: BLE001 - re-raised below.
+            if _is_unknown(error):
+                _unknown_not_skipped(error, path)
+                raise
             if not _is_content_error(error):
                 _not_skipped(error, path)
                 raise
@@ -303,14 +312,37 @@ class TrainCheckpoint:
         return None
 
 
-def _is_content_error(error: BaseException) -> bool:
-    """Whether restoring failed on what the files hold (see _CONTENT_ERRORS)."""
-    if isinstance(error, _CONTENT_ERRORS):
-        return True
+def _is_unknown(error: BaseException) -> bool:
+    """A bare OpError with code UNKNOWN: damage or the storage, unknown."""
     return (
         isinstance(error, tf.errors.OpError)
         and error.error_code == tf.errors.UNKNOWN
     )
+
+
+def _is_content_error(error: BaseException) -> bool:
+    """Whether restoring may have failed on what the files hold: an error of
+    `_CONTENT_ERRORS`, or UNKNOWN (then only missing files prove it)."""
+    return isinstance(error, _CONTENT_ERRORS) or _is_unknown(error)
+
+
+def _unknown_not_skipped(error: BaseException, path: str) -> None:
+    """Logs, and notes on `error`, why an UNKNOWN `path` was not skipped."""
+    log.error(
+        "Checkpoint %s failed to restore twice (%s), with all its files "
+        "present and readable. TensorFlow reports damage to a checkpoint and "
+        "errors of the storage alike with this code, so it was not skipped.",
+        path,
+        _describe(error),
+    )
+    if hasattr(error, "add_note"):  # Python >= 3.11.
+        error.add_note(
+            f"Checkpoint {path} was not skipped: TensorFlow's error code "
+            "UNKNOWN does not say whether the checkpoint is damaged or the "
+            "storage failed. If the storage may be at fault, fix it and "
+            "rerun the same command. If the checkpoint is damaged, delete "
+            f"{path}.* to resume from the checkpoint before it."
+        )
 
 
 def _describe(error: BaseException) -> str:

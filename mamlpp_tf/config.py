@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import numbers
+
+log = logging.getLogger(__name__)
 
 # Antoniou et al. (2019), Sec. 4 and the authors' code: the values of the
 # MAML++ experiments.
@@ -21,6 +24,12 @@ BN_EPSILON = 1e-5
 
 BN_MODES = ("transductive", "per_step_running")
 DOWNSAMPLING_MODES = ("max_pool", "strided")
+# conv4: the paper's 4-stage conv net (num_filters, num_stages,
+# downsampling); resnet12: `resnet.py` (resnet_widths); custom: one's own,
+# passed to `MetaLearner(backbone=...)`.
+BACKBONES = ("conv4", "resnet12", "custom")
+# The few-shot ResNet-12's widths (Oreshkin et al. 2018; Lee et al. 2019).
+RESNET12_WIDTHS = (64, 160, 320, 640)
 DTYPES = ("float32", "float64")
 
 
@@ -39,6 +48,11 @@ class MetaLearnerConfig:
       num_queries: query examples per class.
       meta_batch_size: tasks per meta-iteration.
       image_shape: (H, W, C) of one input image.
+      backbone: the network: "conv4" (the paper's, shaped by num_filters,
+        num_stages, downsampling), "resnet12" (shaped by resnet_widths),
+        or "custom": one's own, passed as `MetaLearner(backbone=...)`
+        (the fields of the built-in ones are then unused).
+      resnet_widths: channels of each ResNet-12 block, one block each.
       num_filters: channels of every conv stage (64 Omniglot, 48 mini-ImageNet).
       num_stages: conv -> BN -> LeakyReLU -> downsample stages (4 in the paper).
       downsampling: "max_pool" (2x2, stride 2 after a stride-1 conv, the
@@ -50,12 +64,16 @@ class MetaLearnerConfig:
       inner_lr_init: initial (LSLR) or fixed inner learning rate.
       learn_inner_lr: LSLR, learned per-layer, per-step inner rates.
       multi_step_loss: MSL, the weighted sum of per-step query losses.
-      msl_epochs: epochs over which MSL anneals; afterwards final-step loss only.
+      msl_epochs: epochs over which MSL anneals; afterwards final-step loss
+        only. Longer than `total_epochs` is allowed (MSL then never anneals
+        out) and logged as a WARNING by `warn_if_msl_outlasts_the_run`.
       second_order: differentiate through the inner gradients at all.
       first_order_to_second_order_epoch: DA; the last first-order epoch:
         first order while `epoch <= this` (the authors' convention), so E
         gives E + 1 first-order epochs (0..E), 49 the paper's first 50, and
-        -1 second order from epoch 0. Ignored when `second_order` is False.
+        -1 second order from epoch 0. With `second_order` on it must be
+        below `total_epochs - 1`, so that the run reaches the switch.
+        Ignored when `second_order` is False.
       per_step_bn_statistics: BNRS, one running-statistics slot per step.
       per_step_bn_weights: BNWB, one gamma/beta slot per step.
       adapt_bn_in_inner_loop: also adapt BN gamma/beta in the inner loop.
@@ -80,6 +98,8 @@ class MetaLearnerConfig:
     num_queries: int = 1
     meta_batch_size: int = 8
     image_shape: tuple[int, int, int] = (28, 28, 1)
+    backbone: str = "conv4"
+    resnet_widths: tuple[int, ...] = RESNET12_WIDTHS
     num_filters: int = 64
     num_stages: int = 4
     downsampling: str = "max_pool"
@@ -116,9 +136,20 @@ class MetaLearnerConfig:
             ),
             f"image_shape must hold ints (H, W, C), got {self.image_shape!r}.",
         )
+        _require(
+            len(self.resnet_widths) >= 1 and all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                and d >= 1 for d in self.resnet_widths
+            ),
+            f"resnet_widths must be one or more ints >= 1 (channels per "
+            f"block), got {self.resnet_widths!r}.",
+        )
         # Python ints: numpy ones (from array shapes) break to_json.
         object.__setattr__(
             self, "image_shape", tuple(int(d) for d in self.image_shape)
+        )
+        object.__setattr__(
+            self, "resnet_widths", tuple(int(d) for d in self.resnet_widths)
         )
         for name in (
             "num_ways",
@@ -159,13 +190,22 @@ class MetaLearnerConfig:
             f"downsampling must be one of {DOWNSAMPLING_MODES}, got "
             f"{self.downsampling!r}.",
         )
-        min_side = 2**self.num_stages
         _require(
-            min(self.image_shape[:2]) >= min_side,
-            f"image_shape {self.image_shape} is too small for "
-            f"{self.num_stages} stages that halve H and W; images must be at "
-            f"least {min_side}x{min_side}. Lower num_stages or use larger "
-            "images.",
+            self.backbone in BACKBONES,
+            f"backbone must be one of {BACKBONES}, got {self.backbone!r}.",
+        )
+        if self.backbone == "conv4":
+            halvings, what = self.num_stages, "num_stages"
+        else:
+            halvings, what = len(self.resnet_widths), "len(resnet_widths)"
+        min_side = 2**halvings
+        _require(
+            self.backbone == "custom"
+            or min(self.image_shape[:2]) >= min_side,
+            f"image_shape {self.image_shape} is too small for the "
+            f"{self.backbone} backbone's {halvings} stages that halve H and "
+            f"W; images must be at least {min_side}x{min_side}. Lower "
+            f"{what} or use larger images.",
         )
         _require(
             self.bn_mode in BN_MODES,
@@ -206,6 +246,20 @@ class MetaLearnerConfig:
             "order from epoch 0; E: first order while epoch <= E), got "
             f"{self.first_order_to_second_order_epoch}.",
         )
+        # DA switches at epoch E + 1; a run of total_epochs never reaching
+        # it would be first-order MAML under a second-order name.
+        switch = self.first_order_to_second_order_epoch + 1
+        _require(
+            not self.second_order or switch < self.total_epochs,
+            f"first_order_to_second_order_epoch="
+            f"{self.first_order_to_second_order_epoch} switches to second "
+            f"order at epoch {switch}, which a run of total_epochs="
+            f"{self.total_epochs} (epochs 0..{self.total_epochs - 1}) never "
+            "reaches. Set --first_order_to_second_order_epoch below "
+            f"{self.total_epochs - 1} (-1: second order from the start), "
+            "raise --total_epochs, or set --second_order=false for "
+            "first-order MAML.",
+        )
         _require(
             self.meta_grad_clip is None or self.meta_grad_clip > 0,
             f"meta_grad_clip must be None or > 0, got {self.meta_grad_clip}.",
@@ -226,23 +280,59 @@ class MetaLearnerConfig:
         return cls(**values)
 
 
+def warn_if_msl_outlasts_the_run(config: MetaLearnerConfig) -> bool:
+    """Logs a WARNING when MSL anneals over more epochs than the run has.
+
+    MSL is on while epoch < msl_epochs (`schedules.use_multi_step_loss`),
+    so with msl_epochs > total_epochs the last epoch still weights every
+    step's loss and never trains on the final step's loss alone. Short
+    budget runs may want that; it is never silent. Training (the apps and
+    `MamlPlusPlus.fit`) calls this once at the start.
+
+    Returns:
+      Whether it warned.
+    """
+    if not config.multi_step_loss or config.msl_epochs <= config.total_epochs:
+        return False
+    log.warning(
+        "msl_epochs=%d is longer than the run (total_epochs=%d): MSL is "
+        "still annealing in the last epoch, so the meta-loss never becomes "
+        "the final step's loss alone. Set --msl_epochs to %d or less for a "
+        "run that anneals MSL out.",
+        config.msl_epochs,
+        config.total_epochs,
+        config.total_epochs,
+    )
+    return True
+
+
 # Antoniou et al. (2019), Sec. 4 (DA): first order for the first 50 epochs,
-# i.e. epochs 0..49, second order from epoch 50. The authors' released
-# configs use -1 (second order from the start); the flagfiles follow the
-# configs, this preset follows the paper.
+# i.e. epochs 0..49, second order from epoch 50.
 PAPER_FIRST_ORDER_EPOCHS = 50
 
 
-def mamlpp(**overrides) -> MetaLearnerConfig:
-    """MAML++ with all six parts on, DA as in the paper (Sec. 4).
+def mamlpp(*, paper_da: bool = False, **overrides) -> MetaLearnerConfig:
+    """MAML++ with every part on, as the authors' released configs run it.
 
-    DA: first order for the first 50 epochs (0..49), second order after.
+    The preset means what the paper flagfiles (`flags/maml++_*.cfg`) mean:
+    LSLR, MSL, BNRS, BNWB and CA on, and second order from epoch 0
+    (`first_order_to_second_order_epoch=-1`), as in the authors' configs.
+    The paper's derivative-order annealing (DA, Sec. 4: first order for
+    the first 50 epochs, 0..49) is an explicit option.
+
+    Args:
+      paper_da: DA as the paper describes it: first order while
+        epoch <= 49 (`first_order_to_second_order_epoch=49`). The run
+        must then be longer than 50 epochs, or the config is refused.
+      **overrides: any `MetaLearnerConfig` field; applied last.
     """
-    base = dataclasses.replace(
-        MetaLearnerConfig(),
+    base = MetaLearnerConfig()  # Every part on, second order from epoch 0.
+    if paper_da:
         # First order while epoch <= 49: 50 epochs.
-        first_order_to_second_order_epoch=PAPER_FIRST_ORDER_EPOCHS - 1,
-    )
+        base = dataclasses.replace(
+            base,
+            first_order_to_second_order_epoch=PAPER_FIRST_ORDER_EPOCHS - 1,
+        )
     return dataclasses.replace(base, **overrides)
 
 

@@ -60,6 +60,9 @@ class RuntimeConfig:
       fused_batch_norm: batch norm through TensorFlow's fused kernels:
         faster on large images, less precise in float32 on CPU (see
         docs/benchmarks.md).
+      recompute_query: recompute the query passes' activations in the
+        meta-gradient's backward pass instead of keeping them: less peak
+        memory, more time (`MetaLearner(recompute_query=...)`).
     """
 
     strategy: str = "default"
@@ -71,6 +74,7 @@ class RuntimeConfig:
     intra_op_threads: int | None = None
     per_step_accuracy: bool = False
     fused_batch_norm: bool = False
+    recompute_query: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -251,6 +255,7 @@ def learner_options(runtime: RuntimeConfig) -> dict:
         "mixed_precision": runtime.mixed_precision,
         "per_step_accuracy": runtime.per_step_accuracy,
         "fused_batch_norm": runtime.fused_batch_norm,
+        "recompute_query": runtime.recompute_query,
     }
 
 

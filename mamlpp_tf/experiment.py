@@ -22,9 +22,11 @@ CONFIG_FILENAME = "config.json"
 
 # Fields that may differ between a workdir's config.json and the config of
 # a resumed run: they change how long training runs or how it is logged and
-# stored, not what a given meta-step computes. total_epochs may grow to
-# extend a finished run (with CA on it also stretches the cosine schedule
-# of the remaining epochs); data_dir/tfds_data_dir may move.
+# stored, not what a given meta-step computes. total_epochs may change to
+# extend or shorten a run without cosine annealing; with CA on, `training`
+# refuses a change once a checkpoint exists (it would rewrite the meta lr
+# schedule, or re-warm it on a finished run). data_dir/tfds_data_dir may
+# move.
 RESUMABLE_FIELDS = (
     "learner.total_epochs",
     "learner.max_nonfinite_steps",

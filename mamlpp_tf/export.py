@@ -10,12 +10,15 @@ Signatures (one task per call; N = the trained num_ways):
         norm, through the inner loop that `eval_step` runs
         (`inner_loop.adapt`), then the query set through the adapted
         network.
-    predict(query_x float32 [n, H, W, C]) -> {"logits": [n, N]}
-        The meta-weights without adaptation (BN slot 0).
     metadata() -> {"json": string, "image_shape": int32 [3],
                    "num_ways": int32, "num_inner_steps": int32}
         What a caller needs to build a valid request: `serving_metadata`,
         as JSON, and its main fields as tensors. It names no class.
+
+There is no signature that classifies without a support set: the
+meta-initialisation is trained to be adapted, and its logits before
+adaptation name no class (serving format 1 had such a `predict`; it was
+removed in format 2). Every prediction goes through `adapt_and_predict`.
 
 Images are preprocessed as in training (`data.preprocessing`; described
 in the metadata). The SavedModel needs only TensorFlow:
@@ -43,10 +46,13 @@ from mamlpp_tf.data import preprocessing
 log = logging.getLogger(__name__)
 
 WEIGHTS = ("best", "latest")
-SIGNATURES = ("adapt_and_predict", "metadata", "predict")
+SIGNATURES = ("adapt_and_predict", "metadata")
 METADATA_PATH = os.path.join("assets.extra", "mamlpp_export.json")
 # Bumped whenever the signatures or the serving metadata change meaning.
-SERVING_FORMAT_VERSION = 1
+# 2: the `predict` signature (meta-weights, no adaptation) was removed.
+SERVING_FORMAT_VERSION = 2
+# Formats whose adapt_and_predict and metadata mean what format 2's do.
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 def serving_metadata(
@@ -82,7 +88,7 @@ def serving_metadata(
 
 
 class FewShotServing(tf.Module):
-    """The learner's variables and its two serving functions.
+    """The learner's variables and its serving functions.
 
     Args:
       learner: a `MetaLearner` holding the weights to export.
@@ -109,10 +115,6 @@ class FewShotServing(tf.Module):
             logits = learner.predict(query_x, fast_weights, steps)
             return {"logits": logits}
 
-        @tf.function(input_signature=[images])
-        def predict(query_x):
-            return {"logits": learner.predict(query_x)}
-
         text = json.dumps(serving, sort_keys=True)
 
         @tf.function(input_signature=[])
@@ -127,7 +129,6 @@ class FewShotServing(tf.Module):
             }
 
         self.adapt_and_predict = adapt_and_predict
-        self.predict = predict
         self.metadata = metadata
 
 

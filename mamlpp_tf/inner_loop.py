@@ -118,6 +118,56 @@ def adapt(
     return {n: fast[n] for n in adapted_names}
 
 
+def recomputed_query(forward: Forward) -> Forward:
+    """`forward` for query passes, keeping no activations for the outer
+    backward pass: a custom gradient runs the pass again when the
+    meta-gradient reaches it (what `tf.recompute_grad` does; written out
+    because that fails inside the per-task graph loop).
+
+    The outer tape then holds each query pass's inputs and fast weights
+    only, not its activations, which with MSL (a differentiable query pass
+    after every inner step) hold most of a meta-step's peak memory on
+    large images. The price is one more forward pass per query loss in
+    the backward pass. Only the query passes are recomputed: the support
+    passes are differentiated twice (second order), which this first-order
+    custom gradient does not support. Returns no BN moments (the query
+    passes' moments are never used).
+    """
+
+    def query_forward(x, step, params, training):
+        names = list(params)
+
+        def logits_of(images, values):
+            logits, _ = forward(images, step, dict(zip(names, values)),
+                                training)
+            return logits
+
+        @tf.custom_gradient
+        def recomputed(images, *values):
+            # Copies in this graph: inside an MSL step's tf.cond the inputs
+            # are tensors of the outer graph, which the gradient of the
+            # cond cannot capture.
+            images = tf.identity(images)
+            values = [tf.identity(v) for v in values]
+
+            def grad(upstream, variables=None):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(values)
+                    logits = logits_of(images, values)
+                grads = tape.gradient(
+                    logits, list(values), output_gradients=upstream,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+                return ([tf.zeros_like(images), *grads],
+                        [tf.zeros_like(v) for v in variables or []])
+
+            return logits_of(images, values), grad
+
+        return recomputed(x, *[params[n] for n in names]), None
+
+    return query_forward
+
+
 @dataclasses.dataclass(frozen=True)
 class InnerLoopResult:
     """What one task's inner loop produced.
@@ -153,6 +203,7 @@ def run_inner_loop(
     loss_weights=None,
     outer_tape: tf.GradientTape | None = None,
     every_step_accuracy: bool = True,
+    query_forward: Forward | None = None,
 ) -> InnerLoopResult:
     """Adapts `params` to one task and measures the query set after each step.
 
@@ -182,7 +233,10 @@ def run_inner_loop(
         does, and reports NaN for the other steps: with MSL off that skips
         num_steps - 1 query forward passes (on mini-ImageNet, 75 images
         each, about 40% of a training step's arithmetic).
+      query_forward: the network for the query passes whose loss counts
+        (e.g. `recomputed_query(forward)`); None: `forward`.
     """
+    loss_forward = forward if query_forward is None else query_forward
     step_losses, step_accuracies, support_moments = [], [], []
     zero = tf.zeros([], params[adapted_names[0]].dtype)
     # Unless every step is scored: the (loss, accuracy) of a step whose
@@ -198,15 +252,16 @@ def run_inner_loop(
         support_moments.append(moments)
         last = step == num_steps - 1
         if last:
-            logits, _ = forward(task["query_x"], step, fast, training)
+            logits, _ = loss_forward(task["query_x"], step, fast, training)
             loss = cross_entropy(logits, task["query_y"])
             acc = accuracy(logits, task["query_y"])
         elif loss_weights is None:
             loss, acc = skip if skip is not None else (zero, _query_accuracy(
                 forward, fast, task, step, training, outer_tape))
         else:
-            loss, acc = _weighted_query(forward, fast, task, step, training,
-                                        loss_weights[step], skip)
+            loss, acc = _weighted_query(forward, loss_forward, fast, task,
+                                        step, training, loss_weights[step],
+                                        skip)
         step_losses.append(loss)
         step_accuracies.append(acc)
     step_losses = tf.stack(step_losses)
@@ -254,7 +309,8 @@ def _query_accuracy(forward, fast, task, step, training, outer_tape):
         return accuracy(logits, task["query_y"])
 
 
-def _weighted_query(forward, fast, task, step, training, weight, skip):
+def _weighted_query(forward, loss_forward, fast, task, step, training,
+                    weight, skip):
     """(loss, accuracy) of the query set at a non-final MSL step.
 
     A zero weight (MSL annealed out) skips the differentiable pass at run
@@ -264,7 +320,7 @@ def _weighted_query(forward, fast, task, step, training, weight, skip):
     """
 
     def with_loss():
-        logits, _ = forward(task["query_x"], step, fast, training)
+        logits, _ = loss_forward(task["query_x"], step, fast, training)
         return (cross_entropy(logits, task["query_y"]),
                 accuracy(logits, task["query_y"]))
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import numbers
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from mamlpp_tf import backbone as backbone_lib
 from mamlpp_tf import config as config_lib
 from mamlpp_tf import inner_loop
 from mamlpp_tf import meta_step
@@ -29,10 +31,44 @@ class NonFiniteLossError(RuntimeError):
 
 
 class MetaLearner:
-    """Meta-trains the few-shot classifier with MAML / MAML++.
+    """Meta-trains a few-shot classifier with MAML / MAML++.
+
+    The network (the backbone) is the built-in one `config.backbone` names
+    ("conv4", the paper's, or "resnet12"), or one's own. Every MAML++ part
+    (per-step BN weights and statistics, LSLR per layer and step, MSL, DA,
+    CA, first or second order) works on any backbone that meets this
+    contract (`backbone.py`):
+
+      * `forward(x, *, step, params=None, training=False)` -> (logits
+        [n, num_ways], moments): `params` None runs the variables, or a
+        dict "layer/weight" -> tensor runs those fast weights; `step` (a
+        Python int) selects the BN slots; `moments` holds one (mean [C],
+        biased variance [C]) pair, or None, per layer of `norm_layers`.
+      * `param_names()`, `named_variables()`: every trainable weight as
+        "layer/weight" (-> variable), in a fixed order.
+      * `adapted_param_names(adapt_bn)`: the tensors the inner loop adapts.
+      * `norm_layers`: its `PerStepBatchNorm` layers, built with
+        `bn_kwargs(config)`; the learner reads their channels, and their
+        elements per channel from one probe pass on a support-set batch,
+        to update the running statistics.
+      * Keras' `variables` (checkpoints and export save them).
+
+    `MetaModel(keras_model)` gives any Keras model whose weights live in
+    meta-layers (`MetaConv2D`, `MetaDense`, `PerStepBatchNorm`; activations,
+    pooling, `Add`, `Flatten` and other weightless layers as they are) this
+    contract; `to_meta_model` converts a model of standard Keras layers.
+    Every weight must have `config.dtype`.
 
     Args:
       config: the frozen `MetaLearnerConfig`.
+      backbone: None for the built-in `config.backbone`; with
+        `config.backbone == "custom"`, a model meeting the contract
+        or a Keras model of meta-layers (wrapped in `MetaModel`); or a
+        constructor `backbone(config) -> model`, called inside the
+        strategy's scope (pass a constructor, not a model, under a
+        `MirroredStrategy`). With one's own backbone, `mixed_precision`
+        and `fused_batch_norm` are set on its layers by the constructor
+        (`matmul_dtype=`, `fused=`), not here.
       jit_compile: compile each step (outer tape included) with XLA.
       parallel_tasks: tasks of a meta-batch in flight at once in the graph.
       strategy: a `tf.distribute.Strategy` whose scope holds the variables;
@@ -48,14 +84,20 @@ class MetaLearner:
       fused_batch_norm: batch norm through TensorFlow's fused kernels
         (faster on large images, less precise in float32 on CPU; see
         `layers.per_step_batch_norm.fused_normalize`).
+      recompute_query: in meta-training, keep no activations of the query
+        passes for the outer backward pass and recompute them there
+        (`inner_loop.recomputed_query`): the same meta-gradients with less
+        peak memory, for one more query forward pass per query loss
+        (docs/backbones.md measures both on ResNet-12).
     """
 
     def __init__(self, config: config_lib.MetaLearnerConfig, *,
-                 jit_compile: bool = False, parallel_tasks: int = 1,
+                 backbone=None, jit_compile: bool = False, parallel_tasks: int = 1,
                  strategy: tf.distribute.Strategy | None = None,
                  mixed_precision: str | None = None,
                  per_step_accuracy: bool = False,
-                 fused_batch_norm: bool = False):
+                 fused_batch_norm: bool = False,
+                 recompute_query: bool = False):
         if mixed_precision not in (None, "bfloat16"):
             raise ValueError(
                 f"mixed_precision must be None or 'bfloat16', got "
@@ -71,11 +113,15 @@ class MetaLearner:
         self.jit_compile = jit_compile
         self.parallel_tasks = parallel_tasks
         self.per_step_accuracy = per_step_accuracy
+        self.recompute_query = recompute_query
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
-            self.model = model_lib.build_classifier(
-                config, mixed_precision, fused_batch_norm
+            self.model = self._build_backbone(
+                backbone, mixed_precision, fused_batch_norm
             )
+            # Elements per channel behind each BN layer's support moments.
+            self._moment_counts = backbone_lib.check_backbone(self.model,
+                                                              config)
             self.adapted_names = self.model.adapted_param_names(
                 config.adapt_bn_in_inner_loop
             )
@@ -99,6 +145,30 @@ class MetaLearner:
         self.num_skipped_steps = 0
         self.num_consecutive_skipped_steps = 0
         self._warned_extra_steps = False
+
+    def _build_backbone(self, backbone, mixed_precision, fused_batch_norm):
+        custom = self.config.backbone == "custom"
+        if backbone is None and not custom:
+            return model_lib.build_backbone(self.config, mixed_precision,
+                                            fused_batch_norm)
+        if backbone is None or not custom:
+            raise ValueError(
+                f"config.backbone is {self.config.backbone!r} and backbone="
+                f"{'None' if backbone is None else type(backbone).__name__}"
+                ": pass one's own network as MetaLearner(backbone=...) "
+                "together with config backbone='custom' (so that the saved "
+                "config says so), or neither for a built-in network."
+            )
+        if mixed_precision or fused_batch_norm:
+            raise ValueError(
+                "mixed_precision and fused_batch_norm apply to the built-in "
+                "backbones; for one's own, build its meta-layers with "
+                "matmul_dtype='bfloat16' and PerStepBatchNorm(fused=True)."
+            )
+        if callable(backbone) and not isinstance(backbone,
+                                                 tf.Module | keras.layers.Layer):
+            backbone = backbone(self.config)
+        return backbone_lib.as_backbone(backbone, self.config)
 
     # -- Variables -----------------------------------------------------
 
@@ -125,8 +195,14 @@ class MetaLearner:
                 + [f"inner_lr/{n}" for n in self.rate_names])
 
     @property
+    def moment_counts(self) -> list[int]:
+        """Elements per channel behind each BN layer's support moments."""
+        return list(self._moment_counts)
+
+    @property
     def norm_layers(self):
-        return list(self.model.norms)
+        """The backbone's BN layers, in the order of its moments."""
+        return list(self.model.norm_layers)
 
     def _read(self):
         """The meta-parameters and rates as tensors (read once per step)."""
@@ -175,9 +251,10 @@ class MetaLearner:
             num_steps=self.config.num_inner_steps,
             adapted_names=self.adapted_names, second_order=second_order,
             loss_weights=loss_weights,
-            moment_channels=[self.config.num_filters] * self.config.num_stages,
+            moment_channels=[norm.channels for norm in self.norm_layers],
             parallel_iterations=self.parallel_tasks,
             every_step_accuracy=self.per_step_accuracy,
+            recompute_query=self.recompute_query,
         )
         loss = tf.nn.compute_average_loss(
             sums["losses"], global_batch_size=global_batch_size
@@ -234,9 +311,32 @@ class MetaLearner:
     def _reduce(self, op, value):
         return self.strategy.reduce(op, value, axis=None)
 
-    def _build_train_fn(self, second_order: bool, global_size: int):
+    def build_meta_step(self, second_order: bool, global_size: int,
+                        optimizer=None):
+        """The meta-step: the one implementation that both trainers run.
+
+        `train_step` (the apps' loop) wraps it in a `tf.function`;
+        `MamlppClassifier.train_step` (Keras `fit`) calls it inside the
+        train function Keras traces. It computes the meta-gradients over
+        the global meta-batch (per replica, summed), skips the update when
+        the loss or a gradient is not finite, clips, applies `optimizer`
+        and moves the per-step BN running statistics.
+
+        Args:
+          second_order: differentiate through the inner gradients (DA
+            decides it per epoch; a static Python bool).
+          global_size: tasks in the global meta-batch.
+          optimizer: a built Keras optimizer over `trainable_variables`;
+            None for this learner's own (`TorchAdam`).
+
+        Returns:
+          fn(batch, loss_weights) -> dict: loss, accuracy (final step),
+          per_step_accuracy, per_step_loss [num_inner_steps], applied
+          (bool tensor).
+        """
         sum_op = tf.distribute.ReduceOp.SUM
         config = self.config
+        optimizer = optimizer or self.optimizer
 
         def replica_fn(batch, loss_weights):
             loss, grads, sums = self._meta_gradients(
@@ -254,9 +354,15 @@ class MetaLearner:
             }
 
         def train_fn(batch, loss_weights):
-            out = self.strategy.run(replica_fn, args=(batch, loss_weights))
-            out = tf.nest.map_structure(lambda v: self._reduce(sum_op, v),
-                                        out)
+            replica = tf.distribute.get_replica_context()
+            if replica is None:  # Cross-replica: the apps' loop.
+                out = self.strategy.run(replica_fn, args=(batch, loss_weights))
+                out = tf.nest.map_structure(
+                    lambda v: self._reduce(sum_op, v), out
+                )
+            else:  # Inside a replica: Keras' train function.
+                out = replica.all_reduce(sum_op,
+                                         replica_fn(batch, loss_weights))
             grads = out["grads"]
             # Checked before clipping, which would turn an Inf into +-clip
             # and let the step through.
@@ -271,7 +377,7 @@ class MetaLearner:
                           for g in grads[:num_network]] + grads[num_network:])
 
             def apply():
-                self.optimizer.apply(grads, self.trainable_variables)
+                optimizer.apply(grads, self.trainable_variables)
                 self._update_bn_statistics(out["moments"], global_size)
                 return tf.constant(True)
 
@@ -288,21 +394,19 @@ class MetaLearner:
         return train_fn
 
     def _update_bn_statistics(self, moment_sums, num_tasks: int):
-        """Moves slot k of every stage's running statistics (support pass of
-        step k, averaged over the tasks of the global meta-batch)."""
-        config = self.config
-        side_h, side_w = config.image_shape[:2]
-        for step, stages in enumerate(moment_sums):
-            h, w = side_h, side_w
-            for norm, (mean_sum, var_sum) in zip(self.norm_layers, stages,
-                                                 strict=True):
-                if config.downsampling == "strided":
-                    h, w = -(-h // 2), -(-w // 2)
-                count = config.num_ways * config.num_shots * h * w
+        """Moves slot k of every BN layer's running statistics (support pass
+        of step k, averaged over the tasks of the global meta-batch)."""
+        for step, layers in enumerate(moment_sums):
+            if len(layers) != len(self.norm_layers):
+                raise ValueError(
+                    f"Step {step} has moments of {len(layers)} BN layers; "
+                    f"the backbone has {len(self.norm_layers)}."
+                )
+            for norm, count, (mean_sum, var_sum) in zip(
+                self.norm_layers, self._moment_counts, layers, strict=True
+            ):
                 norm.update_statistics(step, mean_sum / num_tasks,
                                        var_sum / num_tasks, count)
-                if config.downsampling == "max_pool":
-                    h, w = h // 2, w // 2
 
     def train_step(self, batch, epoch: int) -> dict:
         """One meta-update on `batch` at `epoch`; returns numpy metrics.
@@ -326,7 +430,7 @@ class MetaLearner:
         lr = self.set_epoch(epoch)
         fn = self._function(
             ("train", second_order, global_size),
-            self._build_train_fn(second_order, global_size),
+            self.build_meta_step(second_order, global_size),
         )
         out = fn(batch, self._loss_weights(epoch))
         metrics = {k: np.asarray(v) for k, v in out.items()}
@@ -404,12 +508,27 @@ class MetaLearner:
             )
 
         def eval_fn(batch):
+            replica = tf.distribute.get_replica_context()
+            if replica is not None:  # Inside a replica: Keras' functions.
+                return replica.all_gather(replica_fn(batch), axis=0)
             out = self.strategy.run(replica_fn, args=(batch,))
             return tf.nest.map_structure(
                 lambda v: self.strategy.gather(v, axis=0), out
             )
 
         return eval_fn
+
+    def build_eval_step(self, num_inner_steps: int | None = None):
+        """The evaluation protocol on a batch of tasks, untraced.
+
+        Both trainers run it: `eval_step` (the apps) in a `tf.function`,
+        `MamlppClassifier.test_step` inside Keras' test function.
+
+        Returns:
+          fn(batch) -> (query logits [tasks, ways*queries, ways], final
+          query loss [tasks], per-step query accuracy [tasks, steps]).
+        """
+        return self._build_eval_fn(self._eval_steps(num_inner_steps))
 
     def eval_step(self, batch, num_inner_steps: int | None = None):
         """Adapts to each task (first order) and scores its query set.

@@ -48,12 +48,19 @@ def check_batch(batch, config) -> None:
 def task_meta_gradients(
     forward, rate, params: dict, rates: dict, task: dict, *, num_steps: int,
     adapted_names, second_order: bool, loss_weights,
-    every_step_accuracy: bool = True,
+    every_step_accuracy: bool = True, recompute_query: bool = False,
 ):
     """One task's query loss and its gradients w.r.t. params and rates.
 
+    Args:
+      recompute_query: keep no query-pass activations for the backward
+        pass and recompute them (`inner_loop.recomputed_query`): less
+        memory, one more query forward pass per query loss.
+
     Returns (loss, param grads dict, rate grads dict, InnerLoopResult).
     """
+    query_forward = (inner_loop.recomputed_query(forward)
+                     if recompute_query else None)
     watched = list(params.values()) + list(rates.values())
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(watched)
@@ -62,6 +69,7 @@ def task_meta_gradients(
             adapted_names=adapted_names, second_order=second_order,
             training=True, loss_weights=loss_weights, outer_tape=tape,
             every_step_accuracy=every_step_accuracy,
+            query_forward=query_forward,
         )
     grads = tape.gradient(
         result.loss, watched,
@@ -76,7 +84,7 @@ def batch_meta_gradients(
     forward, rate_fn, params: dict, rates: dict, batch: dict, *,
     num_steps: int, adapted_names, second_order: bool, loss_weights,
     moment_channels: list[int], parallel_iterations: int = 1,
-    every_step_accuracy: bool = True,
+    every_step_accuracy: bool = True, recompute_query: bool = False,
 ):
     """Sums over the tasks of `batch` (loop in the graph).
 
@@ -85,6 +93,7 @@ def batch_meta_gradients(
       moment_channels: channels of each BN stage (shapes of the moments).
       parallel_iterations: tasks in flight at once in the graph loop.
       every_step_accuracy: see `inner_loop.run_inner_loop`.
+      recompute_query: see `task_meta_gradients`.
 
     Returns a dict: "losses" [tasks] (each task's loss), "param_grads" and
     "rate_grads" (sums over tasks), "accuracy" [tasks], "step_accuracies"
@@ -98,6 +107,7 @@ def batch_meta_gradients(
             num_steps=num_steps, adapted_names=adapted_names,
             second_order=second_order, loss_weights=loss_weights,
             every_step_accuracy=every_step_accuracy,
+            recompute_query=recompute_query,
         )
         return {
             "loss": loss,

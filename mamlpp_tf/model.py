@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from mamlpp_tf import config as config_lib
+from mamlpp_tf import resnet
 from mamlpp_tf.layers import MetaConv2D
 from mamlpp_tf.layers import MetaDense
 from mamlpp_tf.layers import PerStepBatchNorm
@@ -79,6 +80,11 @@ class FewShotClassifier(keras.Model):
         self.classifier = MetaDense(num_ways, name="dense",
                                     matmul_dtype=matmul_dtype,
                                     dtype=self.dtype_policy)
+
+    @property
+    def norm_layers(self) -> list:
+        """The BN layers, in the order of `forward`'s moments."""
+        return list(self.norms)
 
     @property
     def layers_by_name(self):
@@ -197,3 +203,14 @@ def build_classifier(
     model(tf.zeros((2, *config.image_shape), config.dtype), step=0,
           training=True)
     return model
+
+
+BUILDERS = {"conv4": build_classifier, "resnet12": resnet.build_resnet12}
+
+
+def build_backbone(
+    config: config_lib.MetaLearnerConfig, matmul_dtype: str | None = None,
+    fused_batch_norm: bool = False,
+):
+    """The built-in backbone `config.backbone` names, built."""
+    return BUILDERS[config.backbone](config, matmul_dtype, fused_batch_norm)

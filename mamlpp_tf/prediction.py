@@ -89,11 +89,11 @@ def load_exported(model_dir: str | os.PathLike) -> ExportedModel:
         module.signatures["metadata"]()["json"].numpy().decode("utf-8")
     )
     version = metadata.get("format_version")
-    if version != export.SERVING_FORMAT_VERSION:
+    if version not in export.READABLE_FORMAT_VERSIONS:
         raise ValueError(
             f"{str(path)!r} has serving format {version!r}; this mamlpp_tf "
-            f"reads format {export.SERVING_FORMAT_VERSION}. Export it again "
-            "with this version's mamlpp-export."
+            f"reads formats {list(export.READABLE_FORMAT_VERSIONS)}. Export "
+            "it again with this version's mamlpp-export."
         )
     shape, normalization = preprocessing.check_described(
         metadata["preprocessing"]

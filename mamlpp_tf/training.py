@@ -42,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from mamlpp_tf import checkpointing
+from mamlpp_tf import config as config_lib
 from mamlpp_tf import data as data_lib
 from mamlpp_tf.data import image_folder
 from mamlpp_tf import distribute
@@ -265,8 +266,11 @@ def _test(run: _Run) -> dict:
 
 def _check_workdir(
     config: experiment.ExperimentConfig, workdir: pathlib.Path
-) -> None:
-    """Raises unless `workdir` is new or holds a resumable run of `config`."""
+) -> experiment.ExperimentConfig | None:
+    """Raises unless `workdir` is new or holds a resumable run of `config`.
+
+    Returns the config saved in `workdir` (None for a new run).
+    """
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(
             f"workdir {str(workdir)!r} exists and is not a "
@@ -275,6 +279,42 @@ def _check_workdir(
     saved = experiment.read_config(workdir)
     if saved is not None:
         experiment.check_resumable(saved, config, workdir)
+    return saved
+
+
+def _check_schedule_kept(
+    saved: experiment.ExperimentConfig | None,
+    config: experiment.ExperimentConfig,
+    workdir: pathlib.Path,
+    progress: checkpointing.Progress,
+) -> None:
+    """Refuses a new total_epochs under CA once training has started.
+
+    With cosine annealing the meta lr of every epoch depends on
+    total_epochs, so changing it mid-run would rewrite the schedule of the
+    epochs still to run; raising it on a finished run would re-warm the
+    meta lr from min_meta_lr. Without CA nothing depends on it: the run
+    is extended (or stopped earlier) as asked.
+    """
+    if saved is None or progress == checkpointing.Progress():
+        return
+    old, new = saved.learner.total_epochs, config.learner.total_epochs
+    if old == new or not config.learner.cosine_annealing:
+        return
+    raise ValueError(
+        f"{str(workdir)!r} was trained with total_epochs={old} under cosine "
+        f"annealing (CA), whose meta lr at every epoch depends on "
+        f"total_epochs; total_epochs={new} would "
+        + (
+            "re-warm the meta lr from min_meta_lr and anneal it again"
+            if progress.epoch >= old
+            else "change the meta lr of the epochs still to run"
+        )
+        + f". Rerun with --total_epochs={old} to resume this run as it "
+        "was planned, or train the longer schedule from scratch in a new "
+        "--workdir. (Runs with --cosine_annealing=false may change "
+        "--total_epochs on resume.)"
+    )
 
 
 def _load_data(config: experiment.ExperimentConfig) -> dict:
@@ -348,7 +388,9 @@ def prepare(
       ValueError: a refused request: the workdir holds another experiment
         or is not a folder, the meta-batch does not split over the
         replicas, bad data or settings, `total_epochs` below the epochs
-        already trained.
+        already trained, or a changed `total_epochs` under cosine
+        annealing once training has started (it would rewrite the meta lr
+        schedule; see `_check_schedule_kept`).
       FileNotFoundError: the data is missing.
       checkpointing.UnreadableCheckpointError: the workdir's checkpoints
         or top-k index cannot be read (a damaged workdir, not a bad
@@ -361,7 +403,7 @@ def prepare(
     if strategy is None:
         strategy = distribute.make_strategy(runtime)
     workdir = pathlib.Path(workdir)
-    _check_workdir(config, workdir)
+    saved = _check_workdir(config, workdir)
     distribute.check_meta_batch_size(strategy, config.learner.meta_batch_size)
     splits = _load_data(config)
     keras.utils.set_random_seed(config.seed)
@@ -382,6 +424,8 @@ def prepare(
             f"more than total_epochs={total}. Set --total_epochs to "
             f"{progress.epoch} or more."
         )
+    _check_schedule_kept(saved, config, workdir, progress)
+    config_lib.warn_if_msl_outlasts_the_run(config.learner)
     checkpointing.read_top_k_entries(worker_dir)  # Readable, or raises.
     return PreparedRun(
         config=config,

@@ -134,6 +134,14 @@ def define_runtime_flags():
         "on mini-ImageNet on CPU; how close their float32 results come to "
         "the authors' depends on the CPU (docs/fidelity.md).",
     )
+    recompute_query = flags.DEFINE_bool(
+        "recompute_query",
+        False,
+        "Recompute the query passes' activations in the meta-gradient's "
+        "backward pass instead of keeping them: the same meta-gradients "
+        "with less peak memory, for one more query forward pass per query "
+        "loss (docs/backbones.md).",
+    )
 
     def runtime_config() -> distribute.RuntimeConfig:
         precision = mixed_precision.value
@@ -147,6 +155,7 @@ def define_runtime_flags():
             intra_op_threads=intra_op_threads.value,
             per_step_accuracy=per_step_accuracy.value,
             fused_batch_norm=fused_batch_norm.value,
+            recompute_query=recompute_query.value,
         )
 
     return runtime_config

@@ -3,9 +3,8 @@
   mamlpp-export --workdir=runs/omniglot_5w1s --export_dir=exported/5w1s
 
 Signatures adapt_and_predict(support_x, support_y, query_x) (the
-evaluation protocol's num_eval_inner_steps), predict(query_x) and
-metadata() (what a request must match; mamlpp-predict reads it); see
-mamlpp_tf/export.py.
+evaluation protocol's num_eval_inner_steps) and metadata() (what a request
+must match; mamlpp-predict reads it); see mamlpp_tf/export.py.
 """
 
 import pathlib

@@ -8,6 +8,7 @@ the latest checkpoint; SIGINT/SIGTERM checkpoint and stop (exit 130/143).
 """
 
 from absl import flags
+from absl import logging
 
 try:  # First: it quiets TensorFlow's C++ logs before TensorFlow loads.
     from mamlpp_tf_scripts import _app
@@ -133,8 +134,25 @@ _META_GRAD_CLIP = flags.DEFINE_float(
     lower_bound=0.0,
 )
 
+_RESNET_WIDTHS = flags.DEFINE(
+    _NumbersParser(int, range(1, 17), "one width per block, e.g. 64,160"),
+    "resnet_widths",
+    ",".join(str(w) for w in _DEFAULT.resnet_widths),
+    "--backbone=resnet12: the channels of each residual block, one block "
+    "each (the few-shot ResNet-12: 64,160,320,640).",
+    serializer=flags.ListSerializer(","),
+)
+
 # MetaLearnerConfig fields set directly from the flag of the same name.
 _LEARNER = {
+    "backbone": flags.DEFINE_enum(
+        "backbone",
+        _DEFAULT.backbone,
+        ("conv4", "resnet12"),
+        "The network: conv4 (the paper's 4 conv stages of --num_filters) "
+        "or resnet12 (4 residual blocks of --resnet_widths; "
+        "docs/backbones.md).",
+    ),
     "num_ways": flags.DEFINE_integer(
         "num_ways", _DEFAULT.num_ways, "Classes per task (N).", lower_bound=2
     ),
@@ -153,7 +171,7 @@ _LEARNER = {
     "num_filters": flags.DEFINE_integer(
         "num_filters",
         _DEFAULT.num_filters,
-        "Channels of each of the 4 conv stages.",
+        "--backbone=conv4: channels of each of its 4 conv stages.",
         lower_bound=1,
     ),
     "num_inner_steps": flags.DEFINE_integer(
@@ -194,7 +212,9 @@ _LEARNER = {
         _DEFAULT.first_order_to_second_order_epoch,
         "DA: the last first-order epoch (first order while epoch <= this: "
         "49 gives the paper's first 50 epochs, 0..49); -1: second order "
-        "from the start (the authors' configs).",
+        "from the start (the authors' configs). Must be below "
+        "--total_epochs - 1, so that the run reaches the switch (else exit "
+        "2).",
         lower_bound=-1,
     ),
     "per_step_bn_statistics": flags.DEFINE_bool(
@@ -230,7 +250,10 @@ _LEARNER = {
     "total_epochs": flags.DEFINE_integer(
         "total_epochs",
         _DEFAULT.total_epochs,
-        "Training epochs; may be raised to extend a run.",
+        "Training epochs. With --cosine_annealing it is the CA period, "
+        "fixed once a run has a checkpoint (a resume with another value is "
+        "refused, exit 2: it would re-warm or reshape the meta lr); "
+        "without CA it may be raised to extend a run.",
         lower_bound=1,
     ),
 }
@@ -286,6 +309,19 @@ _NEEDS_SWITCH = {
 
 
 def _check_contradictions() -> None:
+    backbone = flags.FLAGS["backbone"].value
+    if flags.FLAGS["resnet_widths"].present and backbone != "resnet12":
+        raise ValueError(
+            f"--resnet_widths has no effect with --backbone={backbone}. "
+            "Remove it or set --backbone=resnet12."
+        )
+    if backbone == "resnet12" and flags.FLAGS["num_filters"].present:
+        # Not an error: the paper flagfiles set it for conv4.
+        logging.warning(
+            "--num_filters=%d does not apply to --backbone=resnet12, whose "
+            "widths are --resnet_widths=%s.", flags.FLAGS["num_filters"].value,
+            ",".join(map(str, _RESNET_WIDTHS.value)),
+        )
     for name, switch in _NEEDS_SWITCH.items():
         if flags.FLAGS[name].present and not flags.FLAGS[switch].value:
             raise ValueError(
@@ -326,6 +362,7 @@ def experiment_config() -> experiment.ExperimentConfig:
         ),
         image_shape=data.image_shape_for(data_config),
         meta_grad_clip=_META_GRAD_CLIP.value,
+        resnet_widths=_RESNET_WIDTHS.value,
     )
     return experiment.ExperimentConfig(
         learner=learner_config,

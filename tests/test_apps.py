@@ -204,6 +204,28 @@ def test_train_refuses_a_workdir_of_another_experiment(tmp_path):
     assert _files(workdir) == before
 
 
+@pytest.mark.parametrize("switch", ["2", "3"])
+def test_train_refuses_a_da_switch_the_run_never_reaches(tmp_path, switch):
+    # smoke.cfg runs 3 epochs (0..2): second order from epoch 3 or later
+    # would never come, so the run is refused before anything is written.
+    workdir = tmp_path / "run"
+    result = apps.run(
+        "train",
+        f"--flagfile={SMOKE}",
+        f"--workdir={workdir}",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+        f"--first_order_to_second_order_epoch={switch}",
+    )
+    _refused(
+        result,
+        f"first_order_to_second_order_epoch={switch} switches to second "
+        f"order at epoch {int(switch) + 1}, which a run of total_epochs=3 "
+        "(epochs 0..2) never reaches",
+    )
+    assert result.returncode == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_refuses_an_empty_workdir(tmp_path):
     result = apps.run("evaluate", f"--workdir={tmp_path}")
     _refused(result, "it is not a run directory")
@@ -221,6 +243,7 @@ def test_train_runs_in_bfloat16_under_xla(tmp_path):
         f"--workdir={workdir}",
         f"--tfds_data_dir={tmp_path / 'tfds'}",
         "--total_epochs=1",
+        "--first_order_to_second_order_epoch=-1",  # Reached in a 1-epoch run.
         "--iterations_per_epoch=1",
         "--num_eval_tasks=2",
         "--top_k_ensemble=1",
@@ -247,14 +270,15 @@ def test_train_runs_in_bfloat16_under_xla(tmp_path):
 
 # -- Exit 2 only before any write; exit 1 with the traceback after --------
 
-# A 2-epoch run of one meta-step each, first order throughout.
+# A 2-epoch run of one meta-step each, second order throughout (so that
+# --total_epochs=1 is a valid request of the same experiment).
 SHORT_RUN = (
     f"--flagfile={SMOKE}",
     "--total_epochs=2",
     "--iterations_per_epoch=1",
     "--num_eval_tasks=2",
     "--top_k_ensemble=1",
-    "--first_order_to_second_order_epoch=1",
+    "--first_order_to_second_order_epoch=-1",
 )
 
 

@@ -169,9 +169,16 @@ def test_keeps_only_the_newest_checkpoints(tmp_path):
 
 DATA = ".data-00000-of-00001"
 # How a checkpoint file is damaged, and what the warning says about it.
+# Each of these fails with an error type of its own, or with files missing.
 CORRUPTIONS = {
     "zeroed data": (DATA, lambda b: b"\0" * 16, "IndexError: Read less"),
     "truncated data": (DATA, lambda b: b[: len(b) // 2], "IndexError"),
+    "missing data shard": (DATA, None, "missing ckpt-2.data-*"),
+    "missing index": (".index", None, "missing ckpt-2.index"),
+}
+# Damage that TF reports as a bare OpError with code UNKNOWN, as it reports
+# storage errors: with every file present, no proof of damage.
+UNKNOWN_CORRUPTIONS = {
     "flipped data byte": (
         DATA,
         lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]),
@@ -179,13 +186,11 @@ CORRUPTIONS = {
     ),
     "garbage index": (".index", lambda b: b"garbage" * 8, "not an sstable"),
     "truncated index": (".index", lambda b: b[: len(b) // 3], "sstable"),
-    "missing data shard": (DATA, None, "missing ckpt-2.data-*"),
-    "missing index": (".index", None, "missing ckpt-2.index"),
 }
 
 
 def _corrupt(prefix, how="zeroed data"):
-    suffix, damage, _ = CORRUPTIONS[how]
+    suffix, damage, _ = {**CORRUPTIONS, **UNKNOWN_CORRUPTIONS}[how]
     path = prefix.with_name(prefix.name + suffix)
     if damage is None:
         path.unlink()
@@ -229,6 +234,33 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
     assert "Skipped checkpoint " in warning
     assert "ckpt-2: it is unreadable (" in warning
     assert CORRUPTIONS[how][2] in warning
+    assert _files(tmp_path / "checkpoints") == before
+
+
+@pytest.mark.parametrize("how", sorted(UNKNOWN_CORRUPTIONS))
+def test_an_unknown_error_with_every_file_present_is_raised_not_skipped(
+    tmp_path, caplog, how
+):
+    # UNKNOWN is no proof of damage: falling back to ckpt-1 would lose
+    # ckpt-2's training, and the next saves would rotate ckpt-2 away.
+    _two_checkpoints(tmp_path)
+    _corrupt(tmp_path / "checkpoints" / "ckpt-2", how)
+    before = _files(tmp_path / "checkpoints")
+
+    fresh = _learner(seed=3)
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(tf.errors.OpError) as raised:
+            checkpointing.TrainCheckpoint(
+                fresh, tmp_path, keep=3
+            ).restore_latest()
+
+    assert raised.value.error_code == tf.errors.UNKNOWN
+    assert UNKNOWN_CORRUPTIONS[how][2] in str(raised.value)
+    assert "Skipped" not in caplog.text
+    assert "ckpt-2 failed to restore twice" in caplog.text
+    [note] = raised.value.__notes__
+    assert "was not skipped" in note
+    assert "ckpt-2.* to resume from the checkpoint before it" in note
     assert _files(tmp_path / "checkpoints") == before
 
 

@@ -4,6 +4,7 @@ import ast
 import dataclasses
 import functools
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -34,7 +35,7 @@ INVALID = [
     (
         {"image_shape": (8, 8, 1), "num_stages": 4},
         (
-            r"image_shape \(8, 8, 1\) is too small for 4 stages.*at least 16x16"
+            r"image_shape \(8, 8, 1\) is too small for the conv4 backbone's 4 stages.*at least 16x16"
             r".*Lower num_stages"
         ),
     ),
@@ -99,16 +100,76 @@ def test_first_order_maml_is_maml_with_the_inner_gradients_stopped():
     )
 
 
-def test_mamlpp_turns_every_part_on_with_the_papers_da():
+def test_mamlpp_is_what_the_paper_flagfiles_run():
+    # One meaning: the authors' configs and flags/maml++_*.cfg, second
+    # order from epoch 0.
     config = mamlpp_tf.mamlpp()
     assert config.learn_inner_lr and config.multi_step_loss
     assert config.per_step_bn_statistics and config.per_step_bn_weights
     assert config.cosine_annealing and config.second_order
+    assert config.first_order_to_second_order_epoch == -1
+    assert all(schedules.use_second_order(config, e) for e in range(100))
+
+
+def test_mamlpp_offers_the_papers_da_as_an_explicit_option():
+    config = mamlpp_tf.mamlpp(paper_da=True)
     # The paper's "first order for the first 50 epochs": epochs 0..49.
     first_order = [
-        e for e in range(60) if not schedules.use_second_order(config, e)
+        e for e in range(100) if not schedules.use_second_order(config, e)
     ]
     assert first_order == list(range(50))
+    assert config == dataclasses.replace(
+        mamlpp_tf.mamlpp(), first_order_to_second_order_epoch=49
+    )
+
+
+@pytest.mark.parametrize(
+    "switch,total_epochs", [(1, 2), (2, 2), (5, 3), (49, 50), (49, 4)]
+)
+def test_a_da_switch_the_run_never_reaches_is_refused(switch, total_epochs):
+    # Second order would start at epoch switch + 1 >= total_epochs.
+    with pytest.raises(
+        ValueError,
+        match=rf"^first_order_to_second_order_epoch={switch} switches to "
+        rf"second order at epoch {switch + 1}, which a run of "
+        rf"total_epochs={total_epochs} \(epochs 0..{total_epochs - 1}\) "
+        "never reaches",
+    ):
+        mamlpp_tf.mamlpp(
+            first_order_to_second_order_epoch=switch,
+            total_epochs=total_epochs,
+        )
+
+
+def test_a_da_switch_inside_the_run_or_without_second_order_is_valid():
+    last = mamlpp_tf.mamlpp(
+        first_order_to_second_order_epoch=2, total_epochs=4
+    )
+    assert schedules.use_second_order(last, 3)  # The run's last epoch.
+    # Without second order the field is ignored (first-order MAML).
+    mamlpp_tf.first_order_maml(
+        first_order_to_second_order_epoch=9, total_epochs=2
+    )
+    with pytest.raises(ValueError, match="first_order_to_second_order_epoch"):
+        mamlpp_tf.mamlpp(paper_da=True, total_epochs=50)
+
+
+def test_msl_longer_than_the_run_is_a_warning(caplog):
+    config = mamlpp_tf.mamlpp(msl_epochs=10, total_epochs=4)
+    with caplog.at_level(logging.WARNING, logger="mamlpp_tf.config"):
+        assert config_lib.warn_if_msl_outlasts_the_run(config)
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        "msl_epochs=10 is longer than the run (total_epochs=4)"
+    )
+    caplog.clear()
+    for quiet in (
+        mamlpp_tf.mamlpp(msl_epochs=4, total_epochs=4),
+        mamlpp_tf.mamlpp(multi_step_loss=False, msl_epochs=10, total_epochs=4),
+    ):
+        assert not config_lib.warn_if_msl_outlasts_the_run(quiet)
+    assert not caplog.records
 
 
 def test_presets_take_overrides_and_validate_them():
@@ -195,3 +256,46 @@ def test_every_field_is_read_outside_config(name):
         f"MetaLearnerConfig.{name} is never read in mamlpp_tf: give it a "
         "reader or remove the field (STYLE.md section 2)."
     )
+
+
+def test_a_config_saved_before_backbones_loads_as_conv4():
+    saved = json.loads(mamlpp_tf.MetaLearnerConfig().to_json())
+    del saved["backbone"], saved["resnet_widths"]
+    config = mamlpp_tf.MetaLearnerConfig.from_dict(saved)
+    assert config.backbone == "conv4"
+    assert config == mamlpp_tf.MetaLearnerConfig()
+
+
+def test_resnet12_config_round_trips_through_json():
+    config = mamlpp_tf.MetaLearnerConfig(
+        backbone="resnet12", resnet_widths=[8, 16], image_shape=(4, 4, 3)
+    )
+    assert config.resnet_widths == (8, 16)
+    loaded = mamlpp_tf.MetaLearnerConfig.from_dict(
+        json.loads(config.to_json())
+    )
+    assert loaded == config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"backbone": "resnet18"}, "backbone must be one of"),
+        ({"backbone": "resnet12", "resnet_widths": ()},
+         "resnet_widths must be one or more ints >= 1"),
+        ({"backbone": "resnet12", "resnet_widths": (64, 0)},
+         "resnet_widths must be one or more ints >= 1"),
+        # Four blocks halve 15x15 to 0x0.
+        ({"backbone": "resnet12", "image_shape": (15, 15, 3)},
+         "too small for the resnet12 backbone's 4 stages.*at least 16x16"),
+    ],
+)
+def test_backbone_fields_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        mamlpp_tf.MetaLearnerConfig(**overrides)
+
+
+def test_a_custom_backbone_takes_any_image_size():
+    config = mamlpp_tf.MetaLearnerConfig(backbone="custom",
+                                         image_shape=(3, 3, 1))
+    assert config.image_shape == (3, 3, 1)

@@ -11,10 +11,12 @@ EXPECTED_EXPORTS = {
     "ClassImages",
     "DataConfig",
     "EpisodeConfig",
+    "Episodes",
     "episode_config_for",
     "episode_dataset",
     "image_shape_for",
     "load_splits",
+    "make_episodes",
     "validate_episode_feasible",
     "write_mini_imagenet_folder",
 }

@@ -293,19 +293,31 @@ def test_a_mirrored_run_restores_evaluates_and_resumes_on_one_device(
         float(row["val_loss"]), rel=1e-5
     )
 
-    # Resume it for another epoch on one device: the runtime is not part
-    # of the experiment.
+    # Resume it on one device from its mid-epoch checkpoint (ckpt-1, as if
+    # killed after meta-step 1): the runtime is not part of the experiment.
+    # (The same total_epochs: under CA a new one is refused.)
     workdir = tmp_path / "resumed"
     shutil.copytree(mirrored_run, workdir)
-    result = _train(workdir, config.data.tfds_data_dir, "--total_epochs=2")
+    checkpoints = workdir / "checkpoints"
+    for file in checkpoints.glob("ckpt-2.*"):
+        file.unlink()
+    tf.compat.v1.train.update_checkpoint_state(
+        str(checkpoints),
+        str(checkpoints / "ckpt-1"),
+        all_model_checkpoint_paths=[str(checkpoints / "ckpt-1")],
+        # Newer than the manager's last_preserved_timestamp (else unlisted).
+        all_model_checkpoint_timestamps=[time.time()],
+    )
+    (workdir / "test_summary.json").unlink()
+    result = _train(workdir, config.data.tfds_data_dir)
     assert "Restored" in result.stderr
+    assert "epoch 0, iteration 1" in result.stderr
     assert [r["epoch"] for r in reporting.MetricsCsv(workdir).rows()] == [
-        "0",
-        "1",
+        "0"
     ]
     # The history keeps the mirrored training start and the evaluation
-    # above, and appends this start, which resumed at meta-step 2 (epoch
-    # 1) on one device.
+    # above, and appends this start, which resumed at meta-step 1 (epoch
+    # 0) on one device.
     history = runtime_history.read_history(workdir)
     assert [(e["command"], e["strategy"]) for e in history] == [
         ("train", "mirrored"),
@@ -314,7 +326,7 @@ def test_a_mirrored_run_restores_evaluates_and_resumes_on_one_device(
     ]
     assert [e["num_replicas_in_sync"] for e in history] == [2, 1, 1]
     assert (history[1]["split"], history[1]["epochs"]) == ("val", [0])
-    assert history[2]["start_step"] == 2
+    assert history[2]["start_step"] == 1
 
 
 def _free_ports(count):

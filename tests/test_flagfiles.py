@@ -16,6 +16,8 @@ EXPERIMENTS = [
     for ways in all_ways
     for shots in (1, 5)
 ]
+RESNET12 = [f"maml_mini_imagenet_5way_{shots}shot_resnet12.cfg"
+            for shots in (1, 5)]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def configs():
 def test_one_flagfile_per_paper_experiment_plus_smoke(configs):
     assert len(EXPERIMENTS) == 12
     assert sorted(configs) == sorted(
-        EXPERIMENTS + ["smoke.cfg", "maml++_image_folder.cfg"]
+        EXPERIMENTS + RESNET12 + ["smoke.cfg", "maml++_image_folder.cfg"]
     )
     errors = {name: c["error"] for name, c in configs.items() if "error" in c}
     assert errors == {}
@@ -113,3 +115,38 @@ def test_image_folder_flagfile_is_maml_plus_plus_on_small_images(configs):
         "second_order",
     ):
         assert learner[part] is True, part
+
+
+@pytest.mark.parametrize("name", RESNET12)
+def test_resnet12_flagfiles_follow_mmfewshot_maml(configs, name):
+    """open-mmlab/mmfewshot, configs/classification/maml/mini_imagenet/
+    maml_resnet12_1xb105_mini-imagenet_5way-{1,5}shot.py."""
+    config, learner = configs[name], configs[name]["learner"]
+    shots = int(name.split("way_")[1][0])
+    assert learner["backbone"] == "resnet12"
+    assert learner["resnet_widths"] == [64, 160, 320, 640]
+    assert config["data"]["dataset"] == "mini_imagenet"
+    assert learner["image_shape"] == [84, 84, 3]
+    assert (learner["num_ways"], learner["num_shots"]) == (5, shots)
+    assert learner["num_queries"] == 16
+    # num_inner_steps=2, inner_lr=0.01, first_order=False; 5 at test.
+    assert learner["num_inner_steps"] == 2
+    assert learner["num_eval_inner_steps"] == 5
+    assert learner["inner_lr_init"] == 0.01
+    assert learner["second_order"] is True
+    assert learner["first_order_to_second_order_epoch"] == -1
+    # Adam 1e-3; GradientCumulativeOptimizerHook(cumulative_iters=8).
+    assert learner["meta_lr"] == 0.001
+    assert learner["meta_batch_size"] == 8
+    # 100000 episodes in meta-batches of 8.
+    assert learner["total_epochs"] * config["iterations_per_epoch"] * 8 == (
+        100000)
+    assert config["num_eval_tasks"] == 1000
+    for part in (
+        "learn_inner_lr",
+        "multi_step_loss",
+        "per_step_bn_statistics",
+        "per_step_bn_weights",
+        "cosine_annealing",
+    ):
+        assert learner[part] is False, part

@@ -68,9 +68,34 @@ def test_gradients_reach_fast_weights_not_variables():
     assert tape.gradient(loss, layer.kernel) is None
 
 
-def test_rejects_other_strides():
-    with pytest.raises(ValueError, match="strides must be 1 or 2, got 3"):
-        MetaConv2D(4, strides=3)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"strides": 0}, "strides must be an int >= 1, got 0"),
+        ({"kernel_size": 2.5}, "kernel_size must be an int >= 1, got 2.5"),
+        ({"padding": "causal"}, "padding must be one of"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetaConv2D(4, **kwargs)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel_size, strides", [(1, 1), (3, 3), (2, 2)])
+def test_matches_keras_conv2d_without_bias(padding, kernel_size, strides):
+    layer = MetaConv2D(4, kernel_size=kernel_size, strides=strides,
+                       padding=padding, use_bias=False, activation="relu")
+    x = tf.random.normal([2, 7, 7, 3])
+    got = layer(x)
+    reference = keras.layers.Conv2D(4, kernel_size, strides=strides,
+                                    padding=padding, use_bias=False,
+                                    activation="relu")
+    reference.build(x.shape)
+    reference.kernel.assign(layer.kernel)
+    np.testing.assert_allclose(got, reference(x), atol=1e-5)
+    assert got.shape == layer.compute_output_shape(x.shape)
+    assert [w.name for w in layer.trainable_weights] == ["kernel"]
 
 
 def _call(layer, x):

@@ -16,13 +16,14 @@ from mamlpp_tf import learner as learner_lib
 from mamlpp_tf import reporting
 
 # smoke.cfg (5-way 1-shot, 8 filters, 2 inner steps), cut to 2 epochs of
-# 2 first-order meta-steps and 4 fixed validation/test tasks.
+# 2 meta-steps (first order in epoch 0, second order in epoch 1) and 4
+# fixed validation/test tasks.
 RUN = (
     f"--flagfile={apps.FLAGS_DIR / 'smoke.cfg'}",
     "--bn_mode=per_step_running",
     "--total_epochs=2",
     "--iterations_per_epoch=2",
-    "--first_order_to_second_order_epoch=1",
+    "--first_order_to_second_order_epoch=0",
     "--num_eval_tasks=4",
     "--top_k_ensemble=2",
     "--checkpoint_every=2",

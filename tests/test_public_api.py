@@ -9,18 +9,29 @@ import mamlpp_tf
 PACKAGE_DIR = pathlib.Path(mamlpp_tf.__file__).resolve().parent
 
 EXPECTED_ALL = [
+    "Episodes",
     "ExperimentConfig",
+    "KeepTopK",
+    "MamlppClassifier",
     "MetaLearner",
     "MetaLearnerConfig",
+    "MetaModel",
+    "MetaSchedule",
     "NonFiniteLossError",
     "RuntimeConfig",
+    "TorchAdam",
+    "bn_kwargs",
+    "build_resnet12",
     "cosine_lr",
+    "evaluate_top_k",
     "evaluate_workdir",
     "export_workdir",
     "first_order_maml",
     "maml",
+    "make_episodes",
     "mamlpp",
     "msl_weights",
+    "to_meta_model",
     "train_and_evaluate",
 ]
 

@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -210,26 +211,109 @@ def test_an_incompatible_workdir_is_refused_and_left_untouched(
     assert _files(workdir) == before
 
 
-def test_raising_total_epochs_extends_a_finished_run(
-    config, finished, tmp_path
+def test_raising_total_epochs_of_a_finished_run_under_ca_is_refused(
+    config, finished
 ):
-    workdir = tmp_path / "run"
-    shutil.copytree(finished[0], workdir)
+    # With CA the meta lr of every epoch depends on total_epochs: raising
+    # it on a finished run would re-warm the meta lr without a word.
+    workdir = finished[0]
+    before = _files(workdir)
     longer = dataclasses.replace(
         config, learner=dataclasses.replace(config.learner, total_epochs=3)
     )
+    with pytest.raises(
+        ValueError,
+        match=r"was trained with total_epochs=2 under cosine annealing "
+        r"\(CA\).*total_epochs=3 would re-warm the meta lr from "
+        r"min_meta_lr and anneal it again\. Rerun with "
+        r"--total_epochs=2 to resume this run as it was planned, or train "
+        r"the longer schedule from scratch in a new --workdir",
+    ):
+        training.train_and_evaluate(longer, workdir)
+    assert _files(workdir) == before
+
+
+@pytest.fixture(scope="module")
+def second_order_run(config, tmp_path_factory):
+    """(config, workdir) of a finished run that is second order from epoch
+    0, so that total_epochs=1 is a valid config of it."""
+    config = dataclasses.replace(
+        config,
+        learner=dataclasses.replace(
+            config.learner, first_order_to_second_order_epoch=-1
+        ),
+    )
+    workdir = tmp_path_factory.mktemp("second_order")
+    training.train_and_evaluate(config, workdir)
+    return config, workdir
+
+
+def _back_to_mid_epoch(workdir):
+    """Drops the newest checkpoint (the end of epoch 1) so that the run
+    stands at epoch 1, iteration 1, as if killed there."""
+    checkpoints = workdir / "checkpoints"
+    paths = checkpointing.checkpoint_paths(workdir)
+    for file in checkpoints.glob(paths[-1].rsplit("/", 1)[1] + ".*"):
+        file.unlink()
+    tf.compat.v1.train.update_checkpoint_state(
+        str(checkpoints),
+        paths[-2],
+        all_model_checkpoint_paths=paths[:-1],
+        # Newer than the manager's last_preserved_timestamp (else unlisted).
+        all_model_checkpoint_timestamps=[time.time()] * len(paths[:-1]),
+    )
+
+
+@pytest.mark.parametrize("total_epochs", [1, 4])
+def test_a_new_total_epochs_mid_run_under_ca_is_refused(
+    second_order_run, tmp_path, total_epochs
+):
+    config, finished_dir = second_order_run
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_dir, workdir)
+    _back_to_mid_epoch(workdir)
+    before = _files(workdir)
+    other = dataclasses.replace(
+        config,
+        learner=dataclasses.replace(config.learner, total_epochs=total_epochs),
+    )
+    with pytest.raises(
+        ValueError, match="would change the meta lr of the epochs still to run"
+    ):
+        training.train_and_evaluate(other, workdir)
+    assert _files(workdir) == before
+    # The same request with the planned total_epochs resumes mid-epoch.
+    assert training.prepare(config, workdir).progress.iteration == 1
+
+
+def test_raising_total_epochs_extends_a_finished_run_without_ca(
+    config, tmp_path
+):
+    constant = dataclasses.replace(
+        config,
+        learner=dataclasses.replace(config.learner, cosine_annealing=False),
+    )
+    first = tmp_path / "first"
+    training.train_and_evaluate(constant, first)
+    workdir = tmp_path / "run"
+    shutil.copytree(first, workdir)
+    longer = dataclasses.replace(
+        constant,
+        learner=dataclasses.replace(constant.learner, total_epochs=3),
+    )
     summary = training.train_and_evaluate(longer, workdir)
     assert [r["epoch"] for r in _metrics(workdir)] == ["0", "1", "2"]
-    assert _metrics(workdir)[:2] == _metrics(finished[0])
+    assert _metrics(workdir)[:2] == _metrics(first)
+    assert {r["meta_lr"] for r in _metrics(workdir)} == {"0.001"}
     progress, _ = _final_state(longer, workdir)
     assert progress.epoch == 3
     assert set(summary["ensemble_epochs"]) <= {0, 1, 2}
 
 
 def test_total_epochs_below_the_trained_ones_is_refused_before_any_write(
-    config, finished
+    second_order_run,
 ):
-    workdir = finished[0]
+    config, workdir = second_order_run
     before = _files(workdir)
     shorter = dataclasses.replace(
         config, learner=dataclasses.replace(config.learner, total_epochs=1)
@@ -365,3 +449,16 @@ def test_the_skipped_steps_in_a_row_survive_a_crash_and_resume(
         match="^3 consecutive meta-steps, the last in epoch 0,",
     ):
         training.train_and_evaluate(config, tmp_path)
+
+
+def test_msl_longer_than_the_run_is_logged_as_a_warning(
+    config, tmp_path, caplog
+):
+    # CPU-budget runs do this on purpose; it is never silent.
+    longer_msl = dataclasses.replace(
+        config, learner=dataclasses.replace(config.learner, msl_epochs=5)
+    )
+    with caplog.at_level(logging.WARNING):
+        training.prepare(longer_msl, tmp_path / "run")
+    assert "msl_epochs=5 is longer than the run (total_epochs=2)" in caplog.text
+    assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ for exp in omniglot_5way_1shot omniglot_5way_5shot omniglot_20way_1shot \
   bench "${exp}_train_msl" "$flagfile" --phase=train --epoch=0
   bench "${exp}_train_no_msl" "$flagfile" --phase=train --epoch=20
   bench "${exp}_train_first_order" "$flagfile" --phase=train --epoch=0 \
-    --first_order_to_second_order_epoch=99
+    --first_order_to_second_order_epoch=0
   bench "${exp}_eval" "$flagfile" --phase=eval
 done
 for exp in omniglot_5way_1shot mini_imagenet_5way_1shot; do

@@ -36,6 +36,8 @@ from mamlpp_tf.data.episodes import episode_dataset
 from mamlpp_tf.data.episodes import validate_episode_feasible
 from mamlpp_tf.data.loading import load_splits
 from mamlpp_tf.data.synthetic import write_mini_imagenet_folder
+from mamlpp_tf.data.user_data import Episodes
+from mamlpp_tf.data.user_data import make_episodes
 
 __all__ = [
     "DATASETS",
@@ -44,10 +46,12 @@ __all__ = [
     "ClassImages",
     "DataConfig",
     "EpisodeConfig",
+    "Episodes",
     "episode_config_for",
     "episode_dataset",
     "image_shape_for",
     "load_splits",
+    "make_episodes",
     "validate_episode_feasible",
     "write_mini_imagenet_folder",
 ]

@@ -12,7 +12,7 @@ class MetaDense(KernelLayer):
 
     Args:
       units: output features (num_ways for the classifier head).
-      matmul_dtype: see `KernelLayer`.
+      matmul_dtype, use_bias, activation: see `KernelLayer`.
 
     Call args:
       inputs: [batch, features].
@@ -20,24 +20,20 @@ class MetaDense(KernelLayer):
         [features, units] and "bias" [units] tensors (the fast weights).
     """
 
-    def __init__(self, units: int, matmul_dtype: str | None = None, **kwargs):
-        super().__init__(matmul_dtype=matmul_dtype, **kwargs)
+    def __init__(self, units: int, matmul_dtype: str | None = None,
+                 use_bias: bool = True, activation=None, **kwargs):
+        super().__init__(matmul_dtype=matmul_dtype, use_bias=use_bias,
+                         activation=activation, **kwargs)
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(
-            name="kernel", shape=(input_shape[-1], self.units),
-            initializer="glorot_uniform",
-        )
-        self.bias = self.add_weight(
-            name="bias", shape=(self.units,), initializer="zeros"
-        )
+        self.add_kernel_and_bias((input_shape[-1], self.units), self.units)
 
     def apply_kernel(self, inputs, kernel):
         return tf.matmul(inputs, kernel)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.units)
+        return (*input_shape[:-1], self.units)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

@@ -25,8 +25,12 @@ undoes it after each task; and nothing normalises with them (it is always
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
+
+from mamlpp_tf.layers import meta_call
 
 
 def batch_moments(inputs):
@@ -116,6 +120,16 @@ class PerStepBatchNorm(keras.layers.Layer):
         self.momentum = momentum
         self.epsilon = epsilon
         self.fused = fused
+        self.last_moment_count = None
+
+    @property
+    def channels(self) -> int:
+        if not self.built:
+            raise ValueError(
+                f"PerStepBatchNorm {self.name!r} is not built yet: call the "
+                "model once (or build it) before asking for its channels."
+            )
+        return int(self.gamma.shape[-1])
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -156,6 +170,8 @@ class PerStepBatchNorm(keras.layers.Layer):
             self.build(inputs.shape)
         if params is None:
             params = {"gamma": self.gamma, "beta": self.beta}
+        if training or not self.use_running_statistics:
+            self._record_count(inputs)
         w = self._slot(step, self.num_weight_slots)
         gamma, beta = params["gamma"][w], params["beta"][w]
         if self.use_running_statistics and not training:
@@ -171,15 +187,44 @@ class PerStepBatchNorm(keras.layers.Layer):
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
         return inputs * scale + (beta - mean * scale), moments
 
+    def _record_count(self, inputs) -> None:
+        # Static shapes only: the count weights the running variance.
+        dims = inputs.shape[:-1]
+        self.last_moment_count = (math.prod(dims) if dims.is_fully_defined()
+                                  else None)
+
     def _can_fuse(self, inputs) -> bool:
         return (self.fused and inputs.shape.rank == 4
                 and inputs.shape[:3].is_fully_defined()
                 and inputs.dtype in _FUSED_DTYPES)
 
-    def call(self, inputs, *, step: int, params=None, training=False):
-        return self.normalize(
-            inputs, step=step, params=params, training=training
-        )[0]
+    def call(self, inputs, *, step: int | None = None, params=None,
+             training=False, mask=None):
+        if mask is not None:
+            raise ValueError(
+                f"PerStepBatchNorm {self.name!r} got a mask; masked batch "
+                "statistics are not supported. Remove the Masking layer."
+            )
+        call = meta_call.current() if step is None else None
+        if call is None:
+            if step is None:
+                raise ValueError(
+                    f"PerStepBatchNorm {self.name!r} needs step= (a Python "
+                    "int) outside a meta-model call; call the model through "
+                    "MetaModel.forward(x, step=...), or pass step=."
+                )
+            return self.normalize(
+                inputs, step=step, params=params, training=training
+            )[0]
+        if params is None:
+            params = call.layer_params(self, ("gamma", "beta"))
+        else:
+            call.layers.append(self)
+        outputs, moments = self.normalize(
+            inputs, step=call.step, params=params, training=call.training
+        )
+        call.moments.append((self, moments))
+        return outputs
 
     def update_statistics(self, step: int, mean, variance, count: int):
         """Moves slot `step`'s running statistics towards batch moments.
