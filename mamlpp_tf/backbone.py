@@ -19,6 +19,8 @@ Two kinds of model meet the contract:
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import tensorflow as tf
 
@@ -194,6 +196,29 @@ def bn_kwargs(config: config_lib.MetaLearnerConfig) -> dict:
         "momentum": config.bn_momentum,
         "epsilon": config.bn_epsilon,
     }
+
+
+def import_constructor(path: str):
+    """The function that "module:function" names.
+
+    Raises:
+      ValueError: the module cannot be imported or lacks the function.
+    """
+    module_name, _, function_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"custom_backbone={path!r}: cannot import {module_name!r} "
+            f"({error}). Install it, or add its folder to PYTHONPATH."
+        ) from error
+    constructor = getattr(module, function_name, None)
+    if not callable(constructor):
+        raise ValueError(
+            f"custom_backbone={path!r}: {module_name!r} has no function "
+            f"{function_name!r}."
+        )
+    return constructor
 
 
 def as_backbone(model, config: config_lib.MetaLearnerConfig):

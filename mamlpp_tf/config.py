@@ -50,8 +50,13 @@ class MetaLearnerConfig:
       image_shape: (H, W, C) of one input image.
       backbone: the network: "conv4" (the paper's, shaped by num_filters,
         num_stages, downsampling), "resnet12" (shaped by resnet_widths),
-        or "custom": one's own, passed as `MetaLearner(backbone=...)`
-        (the fields of the built-in ones are then unused).
+        or "custom": one's own, named by `custom_backbone` or passed as
+        `MetaLearner(backbone=...)` (the fields of the built-in ones are
+        then unused).
+      custom_backbone: with backbone "custom", "module:function", an
+        importable constructor `function(config) -> model` (see
+        `MetaLearner`); saved in config.json, so the apps rebuild the
+        network. None: pass the network as `MetaLearner(backbone=...)`.
       resnet_widths: channels of each ResNet-12 block, one block each.
       num_filters: channels of every conv stage (64 Omniglot, 48 mini-ImageNet).
       num_stages: conv -> BN -> LeakyReLU -> downsample stages (4 in the paper).
@@ -100,6 +105,7 @@ class MetaLearnerConfig:
     image_shape: tuple[int, int, int] = (28, 28, 1)
     backbone: str = "conv4"
     resnet_widths: tuple[int, ...] = RESNET12_WIDTHS
+    custom_backbone: str | None = None
     num_filters: int = 64
     num_stages: int = 4
     downsampling: str = "max_pool"
@@ -194,6 +200,19 @@ class MetaLearnerConfig:
             self.backbone in BACKBONES,
             f"backbone must be one of {BACKBONES}, got {self.backbone!r}.",
         )
+        if self.custom_backbone is not None:
+            _require(
+                self.backbone == "custom",
+                f"custom_backbone={self.custom_backbone!r} needs "
+                f"backbone='custom', got {self.backbone!r}. Set "
+                "--backbone=custom or drop --custom_backbone.",
+            )
+            module, _, function = self.custom_backbone.partition(":")
+            _require(
+                bool(module) and function.isidentifier(),
+                "custom_backbone must be 'module:function' (e.g. "
+                f"'my_nets:small_resnet'), got {self.custom_backbone!r}.",
+            )
         if self.backbone == "conv4":
             halvings, what = self.num_stages, "num_stages"
         else:

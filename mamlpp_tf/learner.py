@@ -61,8 +61,10 @@ class MetaLearner:
 
     Args:
       config: the frozen `MetaLearnerConfig`.
-      backbone: None for the built-in `config.backbone`; with
-        `config.backbone == "custom"`, a model meeting the contract
+      backbone: None for the built-in `config.backbone` or the
+        constructor `config.custom_backbone` names; with
+        `config.backbone == "custom"` and no `custom_backbone`, a model
+        meeting the contract
         or a Keras model of meta-layers (wrapped in `MetaModel`); or a
         constructor `backbone(config) -> model`, called inside the
         strategy's scope (pass a constructor, not a model, under a
@@ -151,14 +153,19 @@ class MetaLearner:
         if backbone is None and not custom:
             return model_lib.build_backbone(self.config, mixed_precision,
                                             fused_batch_norm)
-        if backbone is None or not custom:
+        named = self.config.custom_backbone
+        if not custom or (backbone is None) == (named is None):
             raise ValueError(
-                f"config.backbone is {self.config.backbone!r} and backbone="
+                f"config.backbone is {self.config.backbone!r}, "
+                f"custom_backbone={named!r} and backbone="
                 f"{'None' if backbone is None else type(backbone).__name__}"
-                ": pass one's own network as MetaLearner(backbone=...) "
-                "together with config backbone='custom' (so that the saved "
-                "config says so), or neither for a built-in network."
+                ": for one's own network set backbone='custom' in the "
+                "config and either custom_backbone='module:function' or "
+                "MetaLearner(backbone=...), not both; for a built-in "
+                "network, neither."
             )
+        if backbone is None:
+            backbone = backbone_lib.import_constructor(named)
         if mixed_precision or fused_batch_norm:
             raise ValueError(
                 "mixed_precision and fused_batch_norm apply to the built-in "

@@ -148,10 +148,18 @@ _LEARNER = {
     "backbone": flags.DEFINE_enum(
         "backbone",
         _DEFAULT.backbone,
-        ("conv4", "resnet12"),
-        "The network: conv4 (the paper's 4 conv stages of --num_filters) "
-        "or resnet12 (4 residual blocks of --resnet_widths; "
-        "docs/backbones.md).",
+        ("conv4", "resnet12", "custom"),
+        "The network: conv4 (the paper's 4 conv stages of --num_filters), "
+        "resnet12 (4 residual blocks of --resnet_widths) or custom (your "
+        "own, --custom_backbone; docs/backbones.md).",
+    ),
+    "custom_backbone": flags.DEFINE_string(
+        "custom_backbone",
+        None,
+        "--backbone=custom: 'module:function', an importable function "
+        "that takes the MetaLearnerConfig and returns a Keras model of "
+        "meta-layers or of standard layers passed through "
+        "mamlpp_tf.to_meta_model (docs/backbones.md).",
     ),
     "num_ways": flags.DEFINE_integer(
         "num_ways", _DEFAULT.num_ways, "Classes per task (N).", lower_bound=2

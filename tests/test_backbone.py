@@ -180,12 +180,48 @@ def test_logits_of_the_wrong_width_are_refused():
 
 
 def test_custom_backbone_and_config_must_agree():
-    with pytest.raises(ValueError, match="config.backbone is 'custom' and "
-                       "backbone=None"):
+    with pytest.raises(ValueError, match="config.backbone is 'custom', "
+                       "custom_backbone=None and backbone=None"):
         mamlpp_tf.MetaLearner(_config())
     with pytest.raises(ValueError, match="config.backbone is 'conv4'"):
         mamlpp_tf.MetaLearner(_config(backbone="conv4", image_shape=(16, 16, 1)),
                               backbone=_residual_network)
+    with pytest.raises(ValueError, match="not both"):
+        mamlpp_tf.MetaLearner(_config(custom_backbone="nets:build"),
+                              backbone=_residual_network)
+
+
+def test_custom_backbone_names_an_importable_constructor(tmp_path,
+                                                         monkeypatch):
+    (tmp_path / "my_nets.py").write_text(
+        "import test_backbone\n"
+        "def residual(config):\n"
+        "    return test_backbone._residual_network(config)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = _config(custom_backbone="my_nets:residual")
+    learner = mamlpp_tf.MetaLearner(config)
+    assert [n.name for n in learner.norm_layers] == ["norm", "shortcut_norm"]
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'.*"
+                       "PYTHONPATH"):
+        mamlpp_tf.MetaLearner(_config(custom_backbone="no_such_module:f"))
+    with pytest.raises(ValueError, match="'my_nets' has no function 'nope'"):
+        mamlpp_tf.MetaLearner(_config(custom_backbone="my_nets:nope"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"backbone": "conv4", "image_shape": (16, 16, 1),
+          "custom_backbone": "nets:build"},
+         "custom_backbone='nets:build' needs backbone='custom'"),
+        ({"custom_backbone": "nets.build"},
+         "custom_backbone must be 'module:function'"),
+    ],
+)
+def test_custom_backbone_is_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**overrides)
 
 
 def test_second_order_meta_gradient_matches_finite_differences():
