@@ -318,6 +318,20 @@ class MetaLearner:
     def _reduce(self, op, value):
         return self.strategy.reduce(op, value, axis=None)
 
+    def _own_replica_context(self):
+        """The replica context of this learner's strategy, or None.
+
+        None in a cross-replica context, and also in the default replica
+        context of another strategy: the apps call their steps outside
+        `strategy.scope()`, where TensorFlow reports the default strategy's
+        replica context even though the batch is per-replica values of
+        `self.strategy`, which only `self.strategy.run` can take apart.
+        """
+        replica = tf.distribute.get_replica_context()
+        if replica is None or replica.strategy is not self.strategy:
+            return None
+        return replica
+
     def build_meta_step(self, second_order: bool, global_size: int,
                         optimizer=None):
         """The meta-step: the one implementation that both trainers run.
@@ -361,7 +375,7 @@ class MetaLearner:
             }
 
         def train_fn(batch, loss_weights):
-            replica = tf.distribute.get_replica_context()
+            replica = self._own_replica_context()
             if replica is None:  # Cross-replica: the apps' loop.
                 out = self.strategy.run(replica_fn, args=(batch, loss_weights))
                 out = tf.nest.map_structure(
@@ -515,7 +529,7 @@ class MetaLearner:
             )
 
         def eval_fn(batch):
-            replica = tf.distribute.get_replica_context()
+            replica = self._own_replica_context()
             if replica is not None:  # Inside a replica: Keras' functions.
                 return replica.all_gather(replica_fn(batch), axis=0)
             out = self.strategy.run(replica_fn, args=(batch,))
