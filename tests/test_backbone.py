@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import mamlpp_tf
+from helpers import finite_differences
 from mamlpp_tf import backbone as backbone_lib
 from mamlpp_tf.layers import MetaConv2D, MetaDense, PerStepBatchNorm
 
@@ -239,18 +240,5 @@ def test_second_order_meta_gradient_matches_finite_differences():
     batch = _batch(config)
     _, grads = learner.compute_meta_gradients(batch, epoch=0)
     rng = np.random.default_rng(1)
-    delta = 1e-7
-    for variable, grad in zip(learner.trainable_variables, grads,
-                              strict=True):
-        start = variable.numpy()
-        direction = rng.normal(size=start.shape)
-        values = []
-        for sign in (1.0, -1.0):
-            variable.assign(start + sign * delta * direction)
-            values.append(float(learner.compute_meta_gradients(batch, 0)[0]))
-        variable.assign(start)
-        np.testing.assert_allclose(
-            (values[0] - values[1]) / (2 * delta),
-            np.sum(grad.numpy() * direction), rtol=1e-5, atol=1e-7,
-            err_msg=variable.path,
-        )
+    finite_differences.assert_meta_gradients_match(learner, batch, grads,
+                                                   rng)
