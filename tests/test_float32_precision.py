@@ -34,7 +34,8 @@ import pytest
 import tensorflow as tf
 
 import mamlpp_tf
-from mamlpp_tf import inner_loop
+from precision_f32_vs_f64 import perturbed_results  # tools/
+from precision_f32_vs_f64 import results
 
 # The unit roundoff of float32 (half its machine epsilon).
 FLOAT32_ROUNDOFF = 2.0**-24
@@ -91,8 +92,8 @@ def reference(float32_learner):
     learner = _learner("float64", like=float32_learner)
     batch = _batch()
     rng = np.random.default_rng(1)
-    draws = [_perturbed(learner, batch, rng) for _ in range(NUM_DRAWS)]
-    return _results(learner, batch), draws
+    draws = [perturbed_results(learner, batch, rng) for _ in range(NUM_DRAWS)]
+    return results(learner, batch), draws
 
 
 def _batch():
@@ -115,69 +116,6 @@ def _batch():
     }
 
 
-def _results(learner, batch):
-    """Every compared tensor, float64 numpy, by "<kind>/<name>[/step k]"."""
-    dtype = learner.config.dtype
-    cast = {k: v.astype(dtype) if k.endswith("_x") else v
-            for k, v in batch.items()}
-    out = {}
-    _, grads = learner.compute_meta_gradients(cast, epoch=0)
-    for name, grad in zip(learner.trainable_variable_names, grads,
-                          strict=True):
-        grad = grad.numpy().astype(np.float64)
-        if name.startswith("inner_lr/"):
-            for step, entry in enumerate(grad):
-                out[f"meta/{name}/step {step}"] = entry
-        else:
-            out[f"meta/{name}"] = grad
-    named = learner.model.named_variables()
-    params = {n: tf.convert_to_tensor(v) for n, v in named.items()}
-
-    def forward(x, step, fast, training):
-        return learner.model.forward(x, step=step, params=fast,
-                                     training=training)
-
-    def rate(name, step):
-        return learner.inner_rates.rate(name, step)
-
-    fast = params
-    support_x = tf.constant(cast["support_x"][0])
-    support_y = tf.constant(cast["support_y"][0])
-    for step, updated, _ in inner_loop.adapt_steps(
-        forward, rate, params, support_x, support_y,
-        num_steps=NUM_STEPS, adapted_names=learner.adapted_names,
-        second_order=False, training=True,
-    ):
-        with tf.GradientTape() as tape:
-            tape.watch([fast[n] for n in learner.adapted_names])
-            logits, _ = forward(support_x, step, fast, True)
-            loss = inner_loop.cross_entropy(logits, support_y)
-        grads = tape.gradient(loss, [fast[n] for n in learner.adapted_names])
-        for name, grad in zip(learner.adapted_names, grads, strict=True):
-            out[f"inner/{name}/step {step}"] = grad.numpy().astype(np.float64)
-        fast = updated
-    return out
-
-
-def _perturbed(learner, batch, rng):
-    """_results with every weight and input times (1 + u * +-1)."""
-    saved = [tf.identity(v) for v in learner.trainable_variables]
-
-    def jitter(x):
-        signs = rng.choice([-1.0, 1.0], size=np.shape(x))
-        return x * (1.0 + FLOAT32_ROUNDOFF * signs)
-
-    for v in learner.trainable_variables:
-        v.assign(jitter(v.numpy()))
-    try:
-        return _results(learner, {
-            k: jitter(v) if k.endswith("_x") else v for k, v in batch.items()
-        })
-    finally:
-        for v, value in zip(learner.trainable_variables, saved, strict=True):
-            v.assign(value)
-
-
 def _relative(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -192,7 +130,7 @@ def _is_removed_by_batch_norm(key):
 def _compare(learner, reference):
     """[(key, relative error, float64 sensitivity)] of every tensor."""
     exact, draws = reference
-    ours = _results(learner, _batch())
+    ours = results(learner, _batch())
     rows = []
     for key, value in exact.items():
         if _is_removed_by_batch_norm(key):
