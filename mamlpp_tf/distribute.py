@@ -60,9 +60,9 @@ class RuntimeConfig:
       fused_batch_norm: batch norm through TensorFlow's fused kernels:
         faster on large images, less precise in float32 on CPU (see
         docs/benchmarks.md).
-      recompute_query: recompute the query passes' activations in the
-        meta-gradient's backward pass instead of keeping them: less peak
-        memory, more time (`MetaLearner(recompute_query=...)`).
+      separate_query_backward: differentiate each query loss on its own
+        tape, one query pass's activations alive at a time
+        (`MetaLearner(separate_query_backward=...)`).
     """
 
     strategy: str = "default"
@@ -74,7 +74,7 @@ class RuntimeConfig:
     intra_op_threads: int | None = None
     per_step_accuracy: bool = False
     fused_batch_norm: bool = False
-    recompute_query: bool = False
+    separate_query_backward: bool = True
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -255,7 +255,7 @@ def learner_options(runtime: RuntimeConfig) -> dict:
         "mixed_precision": runtime.mixed_precision,
         "per_step_accuracy": runtime.per_step_accuracy,
         "fused_batch_norm": runtime.fused_batch_norm,
-        "recompute_query": runtime.recompute_query,
+        "separate_query_backward": runtime.separate_query_backward,
     }
 
 

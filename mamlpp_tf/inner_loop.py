@@ -118,56 +118,6 @@ def adapt(
     return {n: fast[n] for n in adapted_names}
 
 
-def recomputed_query(forward: Forward) -> Forward:
-    """`forward` for query passes, keeping no activations for the outer
-    backward pass: a custom gradient runs the pass again when the
-    meta-gradient reaches it (what `tf.recompute_grad` does; written out
-    because that fails inside the per-task graph loop).
-
-    The outer tape then holds each query pass's inputs and fast weights
-    only, not its activations, which with MSL (a differentiable query pass
-    after every inner step) hold most of a meta-step's peak memory on
-    large images. The price is one more forward pass per query loss in
-    the backward pass. Only the query passes are recomputed: the support
-    passes are differentiated twice (second order), which this first-order
-    custom gradient does not support. Returns no BN moments (the query
-    passes' moments are never used).
-    """
-
-    def query_forward(x, step, params, training):
-        names = list(params)
-
-        def logits_of(images, values):
-            logits, _ = forward(images, step, dict(zip(names, values)),
-                                training)
-            return logits
-
-        @tf.custom_gradient
-        def recomputed(images, *values):
-            # Copies in this graph: inside an MSL step's tf.cond the inputs
-            # are tensors of the outer graph, which the gradient of the
-            # cond cannot capture.
-            images = tf.identity(images)
-            values = [tf.identity(v) for v in values]
-
-            def grad(upstream, variables=None):
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(values)
-                    logits = logits_of(images, values)
-                grads = tape.gradient(
-                    logits, list(values), output_gradients=upstream,
-                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                )
-                return ([tf.zeros_like(images), *grads],
-                        [tf.zeros_like(v) for v in variables or []])
-
-            return logits_of(images, values), grad
-
-        return recomputed(x, *[params[n] for n in names]), None
-
-    return query_forward
-
-
 @dataclasses.dataclass(frozen=True)
 class InnerLoopResult:
     """What one task's inner loop produced.
@@ -180,6 +130,10 @@ class InnerLoopResult:
       support_moments: per step, the BN (mean, variance) of each stage from
         the support pass, or None where running statistics were used.
       fast_weights: the adapted parameters after the last step.
+      query_cotangents: with `separate_query_backward`, one (tensors,
+        gradients) pair per query loss that counts: the fast weights it
+        was computed from and its weighted loss's gradients w.r.t. them
+        (name -> tensor). Otherwise None.
     """
 
     loss: tf.Tensor
@@ -188,6 +142,7 @@ class InnerLoopResult:
     logits: tf.Tensor
     support_moments: list
     fast_weights: dict
+    query_cotangents: list | None = None
 
 
 def run_inner_loop(
@@ -203,7 +158,7 @@ def run_inner_loop(
     loss_weights=None,
     outer_tape: tf.GradientTape | None = None,
     every_step_accuracy: bool = True,
-    query_forward: Forward | None = None,
+    separate_query_backward: bool = False,
 ) -> InnerLoopResult:
     """Adapts `params` to one task and measures the query set after each step.
 
@@ -233,11 +188,21 @@ def run_inner_loop(
         does, and reports NaN for the other steps: with MSL off that skips
         num_steps - 1 query forward passes (on mini-ImageNet, 75 images
         each, about 40% of a training step's arithmetic).
-      query_forward: the network for the query passes whose loss counts
-        (e.g. `recomputed_query(forward)`); None: `forward`.
+      separate_query_backward: keep the query passes off `outer_tape`.
+        Each query loss that counts is differentiated at once on a tape of
+        its own, w.r.t. the fast weights it ran on, and its activations are
+        freed before the next query pass starts; the gradients come back
+        in `query_cotangents` for the caller to push through the inner
+        loop (`outer_tape.gradient(..., output_gradients=...)`). The
+        result's `loss` is then not connected to `outer_tape` through the
+        query passes. See `meta_step.task_meta_gradients`.
     """
-    loss_forward = forward if query_forward is None else query_forward
+    if separate_query_backward and outer_tape is None:
+        raise ValueError("separate_query_backward needs an outer_tape.")
     step_losses, step_accuracies, support_moments = [], [], []
+    cotangents = [] if separate_query_backward else None
+    # Orders the separate query passes one after another (see below).
+    after = []
     zero = tf.zeros([], params[adapted_names[0]].dtype)
     # Unless every step is scored: the (loss, accuracy) of a step whose
     # query set is not run.
@@ -251,17 +216,29 @@ def run_inner_loop(
     ):
         support_moments.append(moments)
         last = step == num_steps - 1
-        if last:
-            logits, _ = loss_forward(task["query_x"], step, fast, training)
+        if separate_query_backward and (last or loss_weights is not None):
+            weight = (1.0 if loss_weights is None
+                      else tf.cast(loss_weights[step], zero.dtype))
+            # A query pass does not start before the previous one's
+            # gradients exist, so only one pass's activations are alive.
+            with tf.control_dependencies(after):
+                query_x = tf.identity(task["query_x"])
+            with outer_tape.stop_recording():
+                loss, acc, grads, logits = _separate_query(
+                    forward, fast, dict(task, query_x=query_x), step,
+                    training, weight, always=last, skip=skip)
+            after = list(grads.values())
+            cotangents.append((fast, grads))
+        elif last:
+            logits, _ = forward(task["query_x"], step, fast, training)
             loss = cross_entropy(logits, task["query_y"])
             acc = accuracy(logits, task["query_y"])
         elif loss_weights is None:
             loss, acc = skip if skip is not None else (zero, _query_accuracy(
                 forward, fast, task, step, training, outer_tape))
         else:
-            loss, acc = _weighted_query(forward, loss_forward, fast, task,
-                                        step, training, loss_weights[step],
-                                        skip)
+            loss, acc = _weighted_query(forward, fast, task, step, training,
+                                        loss_weights[step], skip)
         step_losses.append(loss)
         step_accuracies.append(acc)
     step_losses = tf.stack(step_losses)
@@ -276,7 +253,79 @@ def run_inner_loop(
         logits=logits,
         support_moments=support_moments,
         fast_weights={n: fast[n] for n in adapted_names},
+        query_cotangents=cotangents,
     )
+
+
+def _separate_query(forward, fast, task, step, training, weight, *, always,
+                    skip):
+    """(loss, accuracy, gradients of weight * loss, logits) of one query
+    pass, differentiated on its own tape (`separate_query_backward`).
+
+    Unless `always`, a zero weight skips the differentiable pass at run
+    time (as `_weighted_query` does) and returns zero gradients; `skip`
+    is then the (loss, accuracy) pair returned, or None to run the query
+    set for its accuracy.
+    """
+    names = list(fast)
+
+    def with_grads():
+        values = [fast[n] for n in names]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(values)
+            logits, _ = forward(task["query_x"], step,
+                                dict(zip(names, values)), training)
+            loss = cross_entropy(logits, task["query_y"])
+            weighted = loss * weight
+        grads = tape.gradient(
+            weighted, values,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return loss, accuracy(logits, task["query_y"]), grads, logits
+
+    if always:
+        loss, acc, grads, logits = with_grads()
+        return loss, acc, dict(zip(names, grads, strict=True)), logits
+
+    def without():
+        zeros = [tf.zeros_like(fast[n]) for n in names]
+        if skip is not None:
+            return (*skip, zeros)
+        frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
+        logits, _ = forward(task["query_x"], step, frozen, training)
+        return tf.zeros([], logits.dtype), accuracy(logits,
+                                                    task["query_y"]), zeros
+
+    loss, acc, grads = tf.cond(weight > 0, lambda: with_grads()[:3], without)
+    return loss, acc, dict(zip(names, grads, strict=True)), None
+
+
+def pull_back(tape, watched, cotangents):
+    """Gradients w.r.t. `watched` of the query losses whose gradients
+    w.r.t. their fast weights are `cotangents` ((tensors, grads) pairs,
+    `InnerLoopResult.query_cotangents`); `tape` recorded the inner loop.
+
+    One backward pass through the inner loop: the chain rule with each
+    query loss's gradient as the cotangent of the fast weights it ran on.
+    A fast-weight tensor that is a watched tensor itself (not adapted by
+    the inner loop) takes its gradient directly.
+    """
+    direct = {id(t): i for i, t in enumerate(watched)}
+    extra = [None] * len(watched)
+    targets, output_gradients = [], []
+    for fast, grads in cotangents:
+        for name, grad in grads.items():
+            tensor = fast[name]
+            if id(tensor) in direct:
+                i = direct[id(tensor)]
+                extra[i] = grad if extra[i] is None else extra[i] + grad
+            else:
+                targets.append(tensor)
+                output_gradients.append(grad)
+    grads = tape.gradient(
+        targets, watched, output_gradients=output_gradients,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    ) if targets else [tf.zeros_like(t) for t in watched]
+    return [g if e is None else g + e for g, e in zip(grads, extra)]
 
 
 def _support_gradients(forward, fast, support_x, support_y, step,
@@ -309,8 +358,7 @@ def _query_accuracy(forward, fast, task, step, training, outer_tape):
         return accuracy(logits, task["query_y"])
 
 
-def _weighted_query(forward, loss_forward, fast, task, step, training,
-                    weight, skip):
+def _weighted_query(forward, fast, task, step, training, weight, skip):
     """(loss, accuracy) of the query set at a non-final MSL step.
 
     A zero weight (MSL annealed out) skips the differentiable pass at run
@@ -320,7 +368,7 @@ def _weighted_query(forward, loss_forward, fast, task, step, training,
     """
 
     def with_loss():
-        logits, _ = loss_forward(task["query_x"], step, fast, training)
+        logits, _ = forward(task["query_x"], step, fast, training)
         return (cross_entropy(logits, task["query_y"]),
                 accuracy(logits, task["query_y"]))
 

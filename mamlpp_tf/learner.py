@@ -86,11 +86,13 @@ class MetaLearner:
       fused_batch_norm: batch norm through TensorFlow's fused kernels
         (faster on large images, less precise in float32 on CPU; see
         `layers.per_step_batch_norm.fused_normalize`).
-      recompute_query: in meta-training, keep no activations of the query
-        passes for the outer backward pass and recompute them there
-        (`inner_loop.recomputed_query`): the same meta-gradients with less
-        peak memory, for one more query forward pass per query loss
-        (docs/backbones.md measures both on ResNet-12).
+      separate_query_backward: in meta-training, differentiate each query
+        loss on its own tape as soon as it is computed and push the
+        gradients through the inner loop at the end, so that one query
+        pass's activations are alive at a time instead of all of them
+        (`meta_step.task_meta_gradients`). The same meta-gradients; far
+        less peak memory with MSL on large images (docs/backbones.md).
+        False: through the outer tape, as before 0.3.0.
     """
 
     def __init__(self, config: config_lib.MetaLearnerConfig, *,
@@ -99,7 +101,7 @@ class MetaLearner:
                  mixed_precision: str | None = None,
                  per_step_accuracy: bool = False,
                  fused_batch_norm: bool = False,
-                 recompute_query: bool = False):
+                 separate_query_backward: bool = True):
         if mixed_precision not in (None, "bfloat16"):
             raise ValueError(
                 f"mixed_precision must be None or 'bfloat16', got "
@@ -115,7 +117,7 @@ class MetaLearner:
         self.jit_compile = jit_compile
         self.parallel_tasks = parallel_tasks
         self.per_step_accuracy = per_step_accuracy
-        self.recompute_query = recompute_query
+        self.separate_query_backward = separate_query_backward
         self.strategy = strategy or tf.distribute.get_strategy()
         with self.strategy.scope():
             self.model = self._build_backbone(
@@ -261,7 +263,7 @@ class MetaLearner:
             moment_channels=[norm.channels for norm in self.norm_layers],
             parallel_iterations=self.parallel_tasks,
             every_step_accuracy=self.per_step_accuracy,
-            recompute_query=self.recompute_query,
+            separate_query_backward=self.separate_query_backward,
         )
         loss = tf.nn.compute_average_loss(
             sums["losses"], global_batch_size=global_batch_size

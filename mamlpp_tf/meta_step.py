@@ -48,19 +48,23 @@ def check_batch(batch, config) -> None:
 def task_meta_gradients(
     forward, rate, params: dict, rates: dict, task: dict, *, num_steps: int,
     adapted_names, second_order: bool, loss_weights,
-    every_step_accuracy: bool = True, recompute_query: bool = False,
+    every_step_accuracy: bool = True, separate_query_backward: bool = True,
 ):
     """One task's query loss and its gradients w.r.t. params and rates.
 
     Args:
-      recompute_query: keep no query-pass activations for the backward
-        pass and recompute them (`inner_loop.recomputed_query`): less
-        memory, one more query forward pass per query loss.
+      separate_query_backward: differentiate each query loss at once, on
+        its own tape, and push its gradients through the inner loop in one
+        backward pass at the end (`inner_loop.pull_back`). The outer tape
+        then records the support passes only, and no more than one query
+        pass's activations are alive at a time. False differentiates the
+        weighted query loss through the outer tape, which keeps every
+        query pass's activations (with MSL, one pass per inner step) until
+        the end. The same meta-gradient either way, up to the order of
+        float additions.
 
     Returns (loss, param grads dict, rate grads dict, InnerLoopResult).
     """
-    query_forward = (inner_loop.recomputed_query(forward)
-                     if recompute_query else None)
     watched = list(params.values()) + list(rates.values())
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(watched)
@@ -69,12 +73,15 @@ def task_meta_gradients(
             adapted_names=adapted_names, second_order=second_order,
             training=True, loss_weights=loss_weights, outer_tape=tape,
             every_step_accuracy=every_step_accuracy,
-            query_forward=query_forward,
+            separate_query_backward=separate_query_backward,
         )
-    grads = tape.gradient(
-        result.loss, watched,
-        unconnected_gradients=tf.UnconnectedGradients.ZERO,
-    )
+    if separate_query_backward:
+        grads = inner_loop.pull_back(tape, watched, result.query_cotangents)
+    else:
+        grads = tape.gradient(
+            result.loss, watched,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
     param_grads = dict(zip(params, grads[: len(params)], strict=True))
     rate_grads = dict(zip(rates, grads[len(params):], strict=True))
     return result.loss, param_grads, rate_grads, result
@@ -84,7 +91,7 @@ def batch_meta_gradients(
     forward, rate_fn, params: dict, rates: dict, batch: dict, *,
     num_steps: int, adapted_names, second_order: bool, loss_weights,
     moment_channels: list[int], parallel_iterations: int = 1,
-    every_step_accuracy: bool = True, recompute_query: bool = False,
+    every_step_accuracy: bool = True, separate_query_backward: bool = True,
 ):
     """Sums over the tasks of `batch` (loop in the graph).
 
@@ -93,7 +100,7 @@ def batch_meta_gradients(
       moment_channels: channels of each BN stage (shapes of the moments).
       parallel_iterations: tasks in flight at once in the graph loop.
       every_step_accuracy: see `inner_loop.run_inner_loop`.
-      recompute_query: see `task_meta_gradients`.
+      separate_query_backward: see `task_meta_gradients`.
 
     Returns a dict: "losses" [tasks] (each task's loss), "param_grads" and
     "rate_grads" (sums over tasks), "accuracy" [tasks], "step_accuracies"
@@ -107,7 +114,7 @@ def batch_meta_gradients(
             num_steps=num_steps, adapted_names=adapted_names,
             second_order=second_order, loss_weights=loss_weights,
             every_step_accuracy=every_step_accuracy,
-            recompute_query=recompute_query,
+            separate_query_backward=separate_query_backward,
         )
         return {
             "loss": loss,

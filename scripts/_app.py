@@ -134,13 +134,14 @@ def define_runtime_flags():
         "on mini-ImageNet on CPU; how close their float32 results come to "
         "the authors' depends on the CPU (docs/fidelity.md).",
     )
-    recompute_query = flags.DEFINE_bool(
-        "recompute_query",
-        False,
-        "Recompute the query passes' activations in the meta-gradient's "
-        "backward pass instead of keeping them: the same meta-gradients "
-        "with less peak memory, for one more query forward pass per query "
-        "loss (docs/backbones.md).",
+    separate_query_backward = flags.DEFINE_bool(
+        "separate_query_backward",
+        True,
+        "Differentiate each query loss on its own tape as soon as it is "
+        "computed, so that one query pass's activations are alive at a "
+        "time: the same meta-gradients with far less memory on large "
+        "images. false: through the outer tape, every query pass kept to "
+        "the end (docs/backbones.md measures both).",
     )
 
     def runtime_config() -> distribute.RuntimeConfig:
@@ -155,7 +156,7 @@ def define_runtime_flags():
             intra_op_threads=intra_op_threads.value,
             per_step_accuracy=per_step_accuracy.value,
             fused_batch_norm=fused_batch_norm.value,
-            recompute_query=recompute_query.value,
+            separate_query_backward=separate_query_backward.value,
         )
 
     return runtime_config

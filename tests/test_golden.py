@@ -95,7 +95,8 @@ def test_a_missing_golden_file_fails_under_ci_and_skips_elsewhere(
         _load_golden(missing)
 
 
-def _loaded_learner(golden, fused_batch_norm=False, **overrides):
+def _loaded_learner(golden, fused_batch_norm=False,
+                    separate_query_backward=True, **overrides):
     config = mamlpp_tf.mamlpp(
         num_ways=5,
         num_shots=1,
@@ -104,7 +105,10 @@ def _loaded_learner(golden, fused_batch_norm=False, **overrides):
         first_order_to_second_order_epoch=-1,
         **overrides,
     )
-    learner = mamlpp_tf.MetaLearner(config, fused_batch_norm=fused_batch_norm)
+    learner = mamlpp_tf.MetaLearner(
+        config, fused_batch_norm=fused_batch_norm,
+        separate_query_backward=separate_query_backward,
+    )
     init = _torch_to_ours(golden, "init")
     names = learner.trainable_variable_names
     assert sorted(names) == sorted(init)
@@ -141,8 +145,16 @@ def test_fused_batch_norm_stays_close_to_the_authors(golden):
     assert relative < 3e-3
 
 
-def test_meta_loss_and_every_gradient_match_the_authors(golden):
-    learner = _loaded_learner(golden)
+# Both ways of differentiating the query losses (see
+# `meta_step.task_meta_gradients`); the first is the default.
+@pytest.mark.parametrize("separate_query_backward", [True, False],
+                         ids=["separate_query_backward", "through_tape"])
+def test_meta_loss_and_every_gradient_match_the_authors(
+    golden, separate_query_backward,
+):
+    learner = _loaded_learner(
+        golden, separate_query_backward=separate_query_backward
+    )
     np.testing.assert_allclose(
         mamlpp_tf.msl_weights(5, 0, 10), golden["msl"], rtol=1e-6
     )

@@ -50,11 +50,21 @@ def _rate(rates):
     return lambda name, step: rates[step]
 
 
+# Both ways of differentiating the query losses: through the outer tape,
+# and each on its own tape with its gradients pulled back (the default in
+# meta-training). Every test of `_run` runs with both.
+@pytest.fixture(params=[False, True], ids=["outer_tape", "separate"])
+def separate(request):
+    return request.param
+
+
 def _run(
-    rates, *, second_order, loss_weights=None, use_outer_tape=True, calls=None,
+    separate, rates, *, second_order, loss_weights=None, use_outer_tape=True,
+    calls=None,
     every_step_accuracy=True,
 ):
     """(result, d loss/d w, d loss/d rates) of the toy inner loop."""
+    separate = separate and use_outer_tape
     w = tf.constant(W0, tf.float64)
     rates = tf.constant(rates, tf.float64)
     with tf.GradientTape() as tape:
@@ -71,8 +81,13 @@ def _run(
             loss_weights=loss_weights,
             outer_tape=tape if use_outer_tape else None,
             every_step_accuracy=every_step_accuracy,
+            separate_query_backward=separate,
         )
-    grad_w, grad_rates = tape.gradient(result.loss, [w, rates])
+    if separate:
+        grad_w, grad_rates = inner_loop.pull_back(
+            tape, [w, rates], result.query_cotangents)
+    else:
+        grad_w, grad_rates = tape.gradient(result.loss, [w, rates])
     return result, grad_w.numpy(), grad_rates.numpy()
 
 
@@ -128,9 +143,9 @@ def test_quadratic_meta_gradient_matches_closed_form(second_order):
     )
 
 
-def test_second_order_meta_gradient_matches_closed_form():
+def test_second_order_meta_gradient_matches_closed_form(separate):
     rates = [0.5, 0.8]
-    result, grad_w, grad_rates = _run(rates, second_order=True)
+    result, grad_w, grad_rates = _run(separate, rates, second_order=True)
     ws, jac = _closed_form(rates)
     outer = _sigmoid(ws[2] * B) * B  # d softplus(w2 b) / d w2
     np.testing.assert_allclose(result.loss, _softplus(ws[2] * B), rtol=1e-12)
@@ -148,11 +163,11 @@ def test_second_order_meta_gradient_matches_closed_form():
 
 @pytest.mark.parametrize("use_outer_tape", [True, False])
 def test_first_order_meta_gradient_matches_the_stop_gradient_formula(
-    use_outer_tape,
+    use_outer_tape, separate,
 ):
     rates = [0.5, 0.8]
     result, grad_w, grad_rates = _run(
-        rates, second_order=False, use_outer_tape=use_outer_tape
+        separate, rates, second_order=False, use_outer_tape=use_outer_tape
     )
     ws, _ = _closed_form(rates)
     outer = _sigmoid(ws[2] * B) * B
@@ -167,14 +182,15 @@ def test_first_order_meta_gradient_matches_the_stop_gradient_formula(
         ],
         rtol=1e-10,
     )
-    _, second_order_grad_w, _ = _run(rates, second_order=True)
+    _, second_order_grad_w, _ = _run(separate, rates, second_order=True)
     assert abs(grad_w - second_order_grad_w) > 1e-3
 
 
-def test_multi_step_loss_weights_the_query_loss_of_every_step():
+def test_multi_step_loss_weights_the_query_loss_of_every_step(separate):
     rates = [0.5, 0.8]
     weights = tf.constant([0.3, 0.7], tf.float64)
-    result, grad_w, _ = _run(rates, second_order=True, loss_weights=weights)
+    result, grad_w, _ = _run(separate, rates, second_order=True,
+                             loss_weights=weights)
     ws, jac = _closed_form(rates)
     step_losses = [_softplus(ws[1] * B), _softplus(ws[2] * B)]
     np.testing.assert_allclose(result.step_losses, step_losses, rtol=1e-12)
@@ -192,12 +208,12 @@ def test_multi_step_loss_weights_the_query_loss_of_every_step():
 
 
 @pytest.mark.parametrize("loss_weights", [None, [0.0, 1.0]])
-def test_final_step_only_skips_earlier_query_losses(loss_weights):
+def test_final_step_only_skips_earlier_query_losses(loss_weights, separate):
     if loss_weights is not None:
         loss_weights = tf.constant(loss_weights, tf.float64)
     rates = [0.5, 0.8]
     result, grad_w, _ = _run(
-        rates, second_order=True, loss_weights=loss_weights
+        separate, rates, second_order=True, loss_weights=loss_weights
     )
     ws, jac = _closed_form(rates)
     np.testing.assert_allclose(
@@ -208,10 +224,10 @@ def test_final_step_only_skips_earlier_query_losses(loss_weights):
     )
 
 
-def test_accuracy_is_measured_after_every_step():
+def test_accuracy_is_measured_after_every_step(separate):
     # Query label 0 is right while w' * B < 0, i.e. while w' > 0. Big
     # rates push w below 0 after the first step.
-    result, _, _ = _run([0.1, 5.0, 5.0], second_order=False)
+    result, _, _ = _run(separate, [0.1, 5.0, 5.0], second_order=False)
     ws, _ = _closed_form([0.1, 5.0, 5.0])
     expected = [float(w * B < 0) for w in ws[1:]]
     assert expected == [1.0, 0.0, 0.0]  # The case exercises both outcomes.
@@ -220,14 +236,15 @@ def test_accuracy_is_measured_after_every_step():
 
 @pytest.mark.parametrize("loss_weights", [None, [0.0, 0.0, 1.0]])
 def test_without_every_step_accuracy_only_counted_query_passes_run(
-    loss_weights
+    loss_weights, separate
 ):
     if loss_weights is not None:
         loss_weights = tf.constant(loss_weights, tf.float64)
     rates = [0.5, 0.8, 0.2]
     calls = []
     result, grad_w, grad_rates = _run(
-        rates, second_order=True, loss_weights=loss_weights, calls=calls,
+        separate, rates, second_order=True, loss_weights=loss_weights,
+        calls=calls,
         every_step_accuracy=False,
     )
     # Support at every step, the query only after the last one.
@@ -236,17 +253,17 @@ def test_without_every_step_accuracy_only_counted_query_passes_run(
     assert np.isnan(result.step_accuracies[:2]).all()
     assert result.step_accuracies[2] == float(ws[3] * B < 0)
     reference, ref_grad_w, ref_grad_rates = _run(
-        rates, second_order=True, loss_weights=loss_weights,
+        separate, rates, second_order=True, loss_weights=loss_weights,
     )
     np.testing.assert_array_equal(result.step_losses, reference.step_losses)
     np.testing.assert_array_equal(grad_w, ref_grad_w)
     np.testing.assert_array_equal(grad_rates, ref_grad_rates)
 
 
-def test_without_every_step_accuracy_weighted_steps_are_still_scored():
+def test_without_every_step_accuracy_weighted_steps_are_still_scored(separate):
     calls = []
     result, _, _ = _run(
-        [0.1, 5.0, 5.0], second_order=True,
+        separate, [0.1, 5.0, 5.0], second_order=True,
         loss_weights=tf.constant([0.2, 0.0, 0.8], tf.float64), calls=calls,
         every_step_accuracy=False,
     )
@@ -256,10 +273,10 @@ def test_without_every_step_accuracy_weighted_steps_are_still_scored():
     )
 
 
-def test_step_k_runs_support_then_query_through_slot_k():
+def test_step_k_runs_support_then_query_through_slot_k(separate):
     calls = []
     _run(
-        [0.5, 0.8, 0.2],
+        separate, [0.5, 0.8, 0.2],
         second_order=True,
         loss_weights=tf.constant([0.2, 0.3, 0.5], tf.float64),
         calls=calls,
