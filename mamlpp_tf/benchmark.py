@@ -39,6 +39,8 @@ class BenchmarkConfig:
       profile_steps: after the timed steps, run this many more under
         TensorFlow's profiler and report each op type's share of the
         kernel time (0: no profile).
+      memory_limit_bytes: None, or stop the measurement as soon as the
+        process's resident set exceeds this (see `run_benchmark`).
     """
 
     phase: str = "train"
@@ -46,6 +48,7 @@ class BenchmarkConfig:
     warmup: int = 2
     epoch: int = 0
     profile_steps: int = 0
+    memory_limit_bytes: int | None = None
 
     def __post_init__(self):
         if self.phase not in PHASES:
@@ -62,6 +65,11 @@ class BenchmarkConfig:
                 f"steps must be >= 1, and warmup, epoch and profile_steps "
                 f">= 0; got {self.steps}, {self.warmup}, {self.epoch}, "
                 f"{self.profile_steps}."
+            )
+        if self.memory_limit_bytes is not None and self.memory_limit_bytes <= 0:
+            raise ValueError(
+                f"memory_limit_bytes must be > 0 or None, got "
+                f"{self.memory_limit_bytes}."
             )
 
 
@@ -86,7 +94,8 @@ def random_batch(config: config_lib.MetaLearnerConfig, seed: int = 0) -> dict:
     }
 
 
-def _device_name() -> str:
+def device_name() -> str:
+    """The CPU (model, vector extension, cores) or GPU figures were taken on."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
@@ -167,15 +176,25 @@ def run_benchmark(
     bench: BenchmarkConfig,
     runtime: distribute.RuntimeConfig | None = None,
     log=print,
+    on_memory_limit=None,
 ) -> dict:
-    """Times `bench.phase` of `config`; returns the figures as a dict."""
+    """Times `bench.phase` of `config`; returns the figures as a dict.
+
+    With `bench.memory_limit_bytes`, the sampler thread calls
+    `on_memory_limit(rss_bytes)` when the resident set first exceeds the
+    limit; the caller decides what to do (`mamlpp-benchmark` writes what
+    it knows and exits with status 3). Sampling is every 5 ms, so the
+    process can exceed the limit by what it allocates in that time.
+    """
     # TensorFlow's own footprint once imported, before anything is built:
     # what a comparison with another framework's peak has to allow for.
     import_rss = process_memory.exact_peak_rss_bytes()
     # The same split of the resident set as the authors' benchmark records
     # (process_memory): private pages apart from shared-library pages.
     _, import_anon = process_memory.read_statm()
-    sampler = process_memory.PeakSampler().start()
+    sampler = process_memory.PeakSampler(
+        limit_bytes=bench.memory_limit_bytes, on_limit=on_memory_limit,
+    ).start()
     try:
         figures = _measure(config, bench, runtime, log, sampler)
     finally:
@@ -290,7 +309,7 @@ def _measure(config, bench, runtime, log, sampler) -> dict:
         "first_call_peak_rss_bytes": first_call_peak_rss,
         "first_call_peak_anon_bytes": first_call_peak_anon,
         "steps": bench.steps,
-        "device": _device_name(),
+        "device": device_name(),
         "tensorflow_version": tf.__version__,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),

@@ -61,7 +61,8 @@ class PeakSampler:
     both peaks are None.
     """
 
-    def __init__(self, interval_seconds: float = 0.005, path: str = _STATM):
+    def __init__(self, interval_seconds: float = 0.005, path: str = _STATM,
+                 *, limit_bytes: int | None = None, on_limit=None):
         if interval_seconds <= 0:
             raise ValueError(
                 f"interval_seconds must be > 0, got {interval_seconds}."
@@ -74,6 +75,11 @@ class PeakSampler:
         self.peak_rss_bytes = None
         self.peak_anon_bytes = None
         self.available = read_statm(path)[0] is not None
+        # on_limit(rss_bytes) is called once, from the sampling thread, by
+        # the first sample whose resident set exceeds limit_bytes.
+        self._limit_bytes = limit_bytes
+        self._on_limit = on_limit
+        self._limit_reached = False
 
     def sample(self) -> None:
         """Takes one sample now (also called by the background thread)."""
@@ -83,6 +89,11 @@ class PeakSampler:
         self.samples += 1
         self.peak_rss_bytes = max(self.peak_rss_bytes or 0, rss)
         self.peak_anon_bytes = max(self.peak_anon_bytes or 0, anon)
+        if (self._limit_bytes is not None and not self._limit_reached
+                and rss > self._limit_bytes):
+            self._limit_reached = True
+            if self._on_limit is not None:
+                self._on_limit(rss)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -7,6 +7,8 @@ Flags after --flagfile override it. Rerunning the same command resumes from
 the latest checkpoint; SIGINT/SIGTERM checkpoint and stop (exit 130/143).
 """
 
+import sys
+
 from absl import flags
 from absl import logging
 
@@ -307,8 +309,11 @@ _WORKDIR = flags.DEFINE_string(
 )
 _RUNTIME_CONFIG = _app.define_runtime_flags()
 
-# A flag that does nothing unless its switch is on: setting it with the
-# switch off is a contradiction, reported rather than ignored.
+# A flag that does nothing unless its switch is on: setting it on the
+# command line with the switch off is a contradiction, refused. A value
+# from a flagfile (the paper flagfiles set all three) is ignored with a
+# warning, so that one part can be switched off a flagfile's experiment
+# (`--flagfile=flags/maml++_... --multi_step_loss=false`).
 _NEEDS_SWITCH = {
     "msl_epochs": "multi_step_loss",
     "first_order_to_second_order_epoch": "second_order",
@@ -331,11 +336,25 @@ def _check_contradictions() -> None:
             ",".join(map(str, _RESNET_WIDTHS.value)),
         )
     for name, switch in _NEEDS_SWITCH.items():
-        if flags.FLAGS[name].present and not flags.FLAGS[switch].value:
+        if not flags.FLAGS[name].present or flags.FLAGS[switch].value:
+            continue
+        if _on_command_line(name):
             raise ValueError(
                 f"--{name} has no effect with --{switch}=false. Remove "
                 f"--{name} or set --{switch}=true."
             )
+        logging.warning(
+            "--%s=%s from the flagfile has no effect with --%s=false: "
+            "ignored.", name, flags.FLAGS[name].value, switch,
+        )
+
+
+def _on_command_line(name: str) -> bool:
+    """Whether --name was given in argv itself, not read from a flagfile."""
+    spellings = (f"--{name}", f"-{name}")
+    return any(arg in spellings or arg.startswith(tuple(f"{s}=" for s in
+                                                        spellings))
+               for arg in sys.argv[1:])
 
 
 def experiment_config() -> experiment.ExperimentConfig:

@@ -131,6 +131,51 @@ def test_bad_benchmark_config():
         benchmark.BenchmarkConfig(steps=0)
     with pytest.raises(ValueError, match="profile_steps"):
         benchmark.BenchmarkConfig(profile_steps=-1)
+    with pytest.raises(ValueError, match="memory_limit_bytes must be > 0"):
+        benchmark.BenchmarkConfig(memory_limit_bytes=0)
+
+
+def test_a_part_switched_off_a_paper_flagfile_ignores_its_settings_aloud(
+    tmp_path,
+):
+    # The paper flagfile sets --msl_epochs and the DA epoch; switching MSL
+    # and second order off on the command line is an ablation, not a
+    # contradiction: each ignored setting is named in a warning.
+    out = tmp_path / "figures.json"
+    result = apps.run(
+        "benchmark",
+        "--flagfile=flags/maml++_omniglot_5way_1shot.cfg",
+        "--multi_step_loss=false", "--second_order=false",
+        "--steps=1", "--warmup=0", f"--output_json={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("--msl_epochs=10 from the flagfile has no effect with "
+            "--multi_step_loss=false: ignored.") in result.stderr
+    assert ("--first_order_to_second_order_epoch=-1 from the flagfile has "
+            "no effect with --second_order=false: ignored.") in result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["second_order"] is False
+    assert figures["multi_step_loss"] is False
+
+
+def test_a_measurement_past_the_memory_limit_stops_with_status_3(tmp_path):
+    # TensorFlow alone takes more than 0.1 GB: the limit is passed before
+    # the first step finishes.
+    out = tmp_path / "figures.json"
+    result = apps.run(
+        "benchmark",
+        f"--flagfile={apps.FLAGS_DIR / 'smoke.cfg'}",
+        "--steps=1", "--warmup=0", "--memory_limit_gb=0.1",
+        f"--output_json={out}",
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "past --memory_limit_gb=0.1" in result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["memory_limit_exceeded"] is True
+    assert figures["memory_limit_bytes"] == 10**8
+    assert figures["rss_bytes_when_stopped"] > 10**8
+    assert figures["device"].startswith(("CPU: ", "GPU: "))
+    assert "seconds_per_iteration" not in figures
 
 
 def test_contradictory_flags_are_a_refused_request():

@@ -38,6 +38,25 @@ def test_without_proc_it_reports_nothing_rather_than_zero(tmp_path):
     assert sampler.peak_anon_bytes is None
 
 
+def test_the_limit_callback_fires_once_when_the_resident_set_passes_it(
+    tmp_path,
+):
+    statm = tmp_path / "statm"
+    page = os.sysconf("SC_PAGE_SIZE")
+    statm.write_text("2000 1000 0 10 0 900 0\n")
+    calls = []
+    sampler = process_memory.PeakSampler(
+        path=str(statm), limit_bytes=1000 * page, on_limit=calls.append,
+    )
+    sampler.sample()
+    assert calls == []  # At the limit, not past it.
+    statm.write_text("2000 1001 0 10 0 900 0\n")
+    sampler.sample()
+    statm.write_text("2000 1500 0 10 0 900 0\n")
+    sampler.sample()
+    assert calls == [1001 * page]
+
+
 def test_interval_must_be_positive():
     with pytest.raises(ValueError, match="interval_seconds must be > 0"):
         process_memory.PeakSampler(interval_seconds=0)
