@@ -90,8 +90,8 @@ class MetaLearner:
         loss on its own tape as soon as it is computed and push the
         gradients through the inner loop at the end, so that one query
         pass's activations are alive at a time instead of all of them
-        (`meta_step.task_meta_gradients`). The same meta-gradients; far
-        less peak memory with MSL on large images (docs/backbones.md).
+        (`meta_step.task_meta_gradients`). The same meta-gradients; less
+        peak memory with MSL (docs/backbones.md).
         False: through the outer tape, as before 0.3.0.
     """
 

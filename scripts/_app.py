@@ -139,9 +139,9 @@ def define_runtime_flags():
         True,
         "Differentiate each query loss on its own tape as soon as it is "
         "computed, so that one query pass's activations are alive at a "
-        "time: the same meta-gradients with far less memory on large "
-        "images. false: through the outer tape, every query pass kept to "
-        "the end (docs/backbones.md measures both).",
+        "time: the same meta-gradients with less memory under MSL. false: "
+        "through the outer tape, every query pass kept to the end "
+        "(docs/backbones.md measures both).",
     )
 
     def runtime_config() -> distribute.RuntimeConfig:
