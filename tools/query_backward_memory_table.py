@@ -13,6 +13,15 @@ ROWS = (
     ("resnet12_q15", "ResNet-12 64-160-320-640, 15 queries per class "
                      "(the flagfile)"),
 )
+# Measured with the default only; printed where present.
+EXTRA_ROWS = (
+    ("resnet12_q15_first_order", ROWS[2][1] + ", first order"),
+    ("resnet12_5shot_q15_separate_true",
+     "ResNet-12 64-160-320-640, 5-shot, 15 queries per class (the 5-shot "
+     "flagfile)"),
+    ("resnet12_5shot_q15_first_order",
+     "ResNet-12 64-160-320-640, 5-shot, 15 queries per class, first order"),
+)
 MODES = (("separate_true", "own tape (default)"),
          ("separate_false", "outer tape (`--separate_query_backward=false`)"))
 
@@ -43,11 +52,11 @@ def table(folder) -> str:
         for mode, mode_label in MODES:
             memory, seconds = _cells(results.get(f"{row}_{mode}"))
             lines.append(f"| {label} | {mode_label} | {memory} | {seconds} |")
-    first_order = results.get("resnet12_q15_first_order")
-    if first_order is not None:
-        memory, seconds = _cells(first_order)
-        lines.append(f"| {ROWS[2][1]}, first order | own tape (default) "
-                     f"| {memory} | {seconds} |")
+    for name, label in EXTRA_ROWS:
+        if name in results:
+            memory, seconds = _cells(results[name])
+            lines.append(f"| {label} | own tape (default) | {memory} "
+                         f"| {seconds} |")
     floors = sorted({round(f["setup_rss_bytes"] / 1e9, 2)
                      for f in results.values() if "setup_rss_bytes" in f})
     devices = sorted({f["device"] for f in results.values() if "device" in f})
