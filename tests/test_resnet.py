@@ -167,9 +167,10 @@ def test_train_step_moves_weights_rates_and_every_bn_slot():
         assert not np.allclose(norm.moving_mean.numpy()[1], start[1])
 
 
-@pytest.mark.parametrize("second_order", [True, False],
-                         ids=["second_order", "first_order"])
-@pytest.mark.parametrize("msl", [True, False], ids=["msl", "final_step"])
+# Two of the four combinations on this network (each float64 pair costs
+# CI time); the toy inner-loop tests run all four against closed forms.
+@pytest.mark.parametrize("msl, second_order", [(True, True), (False, False)],
+                         ids=["msl_second_order", "final_step_first_order"])
 def test_separate_query_backward_gives_the_tapes_meta_gradients(
     msl, second_order,
 ):
