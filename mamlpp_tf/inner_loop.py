@@ -288,12 +288,9 @@ def _separate_query(forward, fast, task, step, training, weight, *, always,
 
     def without():
         zeros = [tf.zeros_like(fast[n]) for n in names]
-        if skip is not None:
-            return (*skip, zeros)
-        frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
-        logits, _ = forward(task["query_x"], step, frozen, training)
-        return tf.zeros([], logits.dtype), accuracy(logits,
-                                                    task["query_y"]), zeros
+        scored = (skip if skip is not None
+                  else _frozen_accuracy(forward, fast, task, step, training))
+        return (*scored, zeros)
 
     loss, acc, grads = tf.cond(weight > 0, lambda: with_grads()[:3], without)
     return loss, acc, dict(zip(names, grads, strict=True)), None
@@ -373,10 +370,14 @@ def _weighted_query(forward, fast, task, step, training, weight, skip):
                 accuracy(logits, task["query_y"]))
 
     def accuracy_only():
-        frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
-        logits, _ = forward(task["query_x"], step, frozen, training)
-        zero = tf.zeros([], logits.dtype)
-        return zero, accuracy(logits, task["query_y"])
+        return _frozen_accuracy(forward, fast, task, step, training)
 
     return tf.cond(weight > 0, with_loss,
                    accuracy_only if skip is None else lambda: skip)
+
+
+def _frozen_accuracy(forward, fast, task, step, training):
+    """(0, query accuracy) at `step`, with no gradient through the pass."""
+    frozen = {n: tf.stop_gradient(t) for n, t in fast.items()}
+    logits, _ = forward(task["query_x"], step, frozen, training)
+    return tf.zeros([], logits.dtype), accuracy(logits, task["query_y"])
